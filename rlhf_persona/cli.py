@@ -1,0 +1,73 @@
+"""The ``rlhf-persona`` command line: thin; parses, loads config, calls the library.
+
+Each stage adds its commands as a typer sub-app in its own ``commands.py`` (imported lazily inside
+the command functions, so ``--help`` stays fast) and is mounted below.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rlhf_persona.errors import UserError
+
+console = Console()
+app = typer.Typer(
+    help="rlhf_persona: turn users' thumbs, ratings and A/B choices into chatbots personalized "
+    "per kind of user.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigPath = typer.Argument(None, help="Experiment config YAML (configs/*.yaml).")
+SetOption = typer.Option(
+    None, "--set", help="Override a config value: KEY.SUB=VALUE (repeatable)."
+)
+
+
+@config_app.command("show")
+def config_show(
+    path: Path | None = ConfigPath,
+    overrides: list[str] | None = SetOption,
+    schema: bool = typer.Option(False, help="Print every field with its default and meaning."),
+) -> None:
+    """Validate a config and print it resolved (or the documented schema)."""
+    from rlhf_persona.config import describe_fields, dump_config, load_config
+
+    if schema:
+        table = Table("key", "type", "default", "meaning")
+        for key, type_name, default, desc in describe_fields():
+            table.add_row(key, type_name, repr(default), desc)
+        console.print(table)
+        return
+    console.print(dump_config(load_config(path, overrides)), end="")
+
+
+def _mount_subapps() -> None:
+    from rlhf_persona.models.commands import app as models_app
+
+    app.add_typer(models_app, name="models")
+
+
+_mount_subapps()
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message and exit 2, never a traceback."""
+    try:
+        app()
+    except UserError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

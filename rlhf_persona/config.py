@@ -1,0 +1,205 @@
+"""Typed experiment configuration, loaded from YAML and validated by pydantic.
+
+Every field has a default and a one-line description (``Field(description=...)``), so
+``rlhf-persona config show`` can print the whole schema. Unknown keys are errors: a typo'd key
+must never be silently ignored.
+
+Each stage owns one section class here (``SegmentationConfig`` for ``segmentation:``…).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlhf_persona.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config file or override is unusable; the message names the file, the key and why."""
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("quickstart", description="Run name; the run folder is RUNS_DIR/NAME.")
+    runs_dir: Path = Field(Path("runs"), description="Folder under which run folders are created.")
+    seed: int = Field(0, description="Seed for every random number generator of the run.")
+
+
+class TrackingConfig(Section):
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="W&B mode: offline writes a local run folder and needs no network."
+    )
+    project: str = Field("rlhf-persona", description="W&B project name.")
+    entity: str | None = Field(None, description="W&B entity (team); None uses your default.")
+
+
+class ModelsConfig(Section):
+    policy: str = Field(
+        "embedded:tiny",
+        description="Policy model spec: embedded:tiny, embedded:tiny-test, a hub id or a path.",
+    )
+    encoder: str = Field(
+        "embedded:minilm", description="Encoder for reward models and text embeddings."
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where embedded models are built; default $RLHF_PERSONA_CACHE or "
+        "~/.cache/rlhf_persona.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses CUDA when available, else the CPU."
+    )
+    bf16: bool = Field(False, description="bf16 training/inference (GPU only; slow on CPU).")
+
+
+class PopulationConfig(Section):
+    name: str = Field(
+        "four_segments", description="Population: a shipped name (envs/NAME.yaml) or a YAML path."
+    )
+    users: int = Field(200, ge=1, description="Number of simulated users to sample.")
+
+
+class StoreConfig(Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy database URL; None uses $RLHF_PERSONA_DATABASE_URL or a SQLite "
+        "file in the run folder.",
+    )
+
+
+class SegmentationConfig(Section):
+    k: int | None = Field(None, ge=1, description="Number of segments; None picks k by silhouette.")
+    k_range: tuple[int, int] = Field((2, 8), description="Range searched when k is None.")
+    features: Literal["profile", "behaviour", "both"] = Field(
+        "both", description="Which user features the clustering uses."
+    )
+    min_segment_size: int = Field(
+        5, ge=1, description="Clusters smaller than this merge into their nearest neighbour."
+    )
+
+
+class RewardConfig(Section):
+    strategy: Literal["global", "prefix", "heads", "lora"] = Field(
+        "heads", description="How the reward model conditions on the segment."
+    )
+    user_level: bool = Field(False, description="Add shrunk per-user residuals on top.")
+
+
+class PolicyConfig(Section):
+    algorithm: Literal["dpo", "kto", "grpo", "rloo"] = Field(
+        "dpo", description="Policy optimisation algorithm."
+    )
+    strategy: Literal["adapter", "prompt"] = Field(
+        "adapter", description="adapter: one LoRA per segment; prompt: persona system prompt."
+    )
+
+
+class LoopConfig(Section):
+    rounds: int = Field(2, ge=1, description="Rounds of collect → segment → reward → policy.")
+
+
+class ExperimentConfig(Section):
+    """The whole experiment: one YAML file under ``configs/``."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.runs_dir / self.run.name
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            got = e.get("input")
+            got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{got_txt}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"policy.algorithm=kto"`` → (["policy", "algorithm"], "kto"); values parse as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY.SUB=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
+    """Load and validate an experiment config; raises ConfigError naming file and key."""
+    source = str(path) if path else "(defaults)"
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        data = loaded or {}
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        if overrides:
+            source += " with --set " + " ".join(overrides)
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[tuple]:
+    """(key, type, default, description) for every leaf field: the documented schema."""
+    rows = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        rows.append((f"{prefix}{name}", type_name, default, field.description or ""))
+    return rows
