@@ -85,6 +85,30 @@ class SegmentationConfig(Section):
     min_segment_size: int = Field(
         5, ge=1, description="Clusters smaller than this merge into their nearest neighbour."
     )
+    behaviour: Literal["features", "items"] = Field(
+        "features",
+        description="Behaviour from feedback: features = preference direction over reply "
+        "features; items = vote per item (Polis-style statements).",
+    )
+    profile_weight: float = Field(
+        1.0, ge=0, description="Weight of the profile block (each block is scaled to variance 1)."
+    )
+    behaviour_weight: float = Field(
+        1.0, ge=0, description="Weight of the behaviour block (each block is scaled to variance 1)."
+    )
+    behaviour_components: int | None = Field(
+        None, ge=1, description="PCA components of the behaviour block; None keeps all columns."
+    )
+    ridge_alpha: float = Field(
+        1.0, gt=0, description="Ridge prior of per-user preference fits (shrinks sparse users)."
+    )
+    embed_relevance: bool = Field(
+        False, description="Measure the MiniLM relevance reply feature (slow) for behaviour."
+    )
+    min_feedback: int = Field(
+        1, ge=0, description="Users with fewer feedback events get the cold-start (profile) segment."
+    )
+
 
 
 class RewardConfig(Section):
