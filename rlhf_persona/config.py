@@ -100,13 +100,16 @@ class SegmentationConfig(Section):
         None, ge=1, description="PCA components of the behaviour block; None keeps all columns."
     )
     ridge_alpha: float = Field(
-        1.0, gt=0, description="Ridge prior of per-user preference fits (shrinks sparse users)."
+        5.0, gt=0, description="Ridge prior of per-user preference fits (shrinks sparse users)."
     )
     embed_relevance: bool = Field(
         False, description="Measure the MiniLM relevance reply feature (slow) for behaviour."
     )
     min_feedback: int = Field(
-        1, ge=0, description="Users with fewer feedback events get the cold-start (profile) segment."
+        1,
+        ge=1,
+        description="Users with fewer feedback events do not shape the segments (they are still "
+        "assigned; with no feedback at all, from their profile).",
     )
 
 
