@@ -56,6 +56,10 @@ def _mount_subapps() -> None:
 
     app.add_typer(models_app, name="models")
 
+    from rlhf_persona.feedback.commands import register as register_feedback
+
+    register_feedback(app)  # serve, export, import, keys, db
+
     from rlhf_persona.simulation.commands import simulate
 
     app.command("simulate")(simulate)

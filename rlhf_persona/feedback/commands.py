@@ -1,0 +1,220 @@
+"""CLI of the feedback store: ``serve``, ``export``, ``import``, ``keys ...``, ``db ...``.
+
+The database is ``--db`` (URL or SQLite path), else ``store.url`` of ``--config``, else
+``$RLHF_PERSONA_DATABASE_URL``, else ``./feedback.db``. Heavy imports happen inside the
+commands so that ``rlhf-persona --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from rlhf_persona.errors import UserError
+
+DbOption = typer.Option(
+    None, "--db", help="Database URL (postgresql://..., sqlite:///f.db) or SQLite file path."
+)
+ConfigOption = typer.Option(None, "--config", help="Experiment config; its store.url is used.")
+
+keys_app = typer.Typer(help="Manage API keys of the feedback service.", no_args_is_help=True)
+db_app = typer.Typer(help="Migrate the feedback database (Alembic).", no_args_is_help=True)
+
+
+def _url(db: str | None, config: Path | None) -> str:
+    from rlhf_persona.feedback.db import resolve_url
+
+    if db is None and config is not None:
+        from rlhf_persona.config import load_config
+
+        db = load_config(config).store.url
+    return resolve_url(db)
+
+
+def _open(db: str | None, config: Path | None = None):
+    from rlhf_persona.feedback.store import FeedbackStore
+
+    return FeedbackStore(_url(db, config))
+
+
+def serve(
+    db: str | None = DbOption,
+    config: Path | None = ConfigOption,
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    log_level: str = typer.Option("warning", help="uvicorn log level."),
+    access_log: bool = typer.Option(False, help="Log every request (slower)."),
+) -> None:
+    """Run the feedback HTTP API under uvicorn (OpenAPI docs at /docs)."""
+    import os
+
+    import uvicorn
+
+    url = _url(db, config)
+    _open(url).close()  # migrate once, before the workers start
+    os.environ["RLHF_PERSONA_DATABASE_URL"] = url  # read by every worker's app factory
+    uvicorn.run(
+        "rlhf_persona.feedback.service.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def export_cmd(
+    fmt: str = typer.Option(..., "--format", help="preference | kto | ratings"),
+    out: Path = typer.Option(..., "--out", help="Folder to write the dataset to (save_to_disk)."),
+    db: str | None = DbOption,
+    config: Path | None = ConfigOption,
+    conversational: bool = typer.Option(False, help="Chat-message columns instead of text."),
+    jsonl: bool = typer.Option(False, help="Also write OUT/data.jsonl."),
+) -> None:
+    """Export feedback as a Hugging Face dataset in TRL's format; print what was used and
+    dropped (the report is also written to OUT/export_report.json)."""
+    from rlhf_persona.feedback.export import export
+
+    store = _open(db, config)
+    try:
+        dataset, report = export(store, fmt, conversational=conversational)
+    finally:
+        store.close()
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out}: folder exists and is not empty")
+    dataset.save_to_disk(str(out))
+    (out / "export_report.json").write_text(json.dumps(report, indent=2))
+    if jsonl:
+        dataset.to_json(str(out / "data.jsonl"), lines=True)
+    _print_report(f"{fmt}: {report['rows']} rows -> {out}", report)
+
+
+def import_cmd(
+    path: Path = typer.Argument(..., help="JSONL/CSV file, or a Polis export folder."),
+    fmt: str = typer.Option(..., "--format", help="jsonl | csv | polis"),
+    mapping: list[str] | None = typer.Option(
+        None,
+        "--map",
+        help="CSV column=field (user_id, prompt, reply|item, rating|thumb, "
+        "event_id, created_at, comment, reason_tags, profile.KEY); repeatable.",
+    ),  # fmt: skip
+    db: str | None = DbOption,
+    config: Path | None = ConfigOption,
+    prompt: str = typer.Option("", help="CSV: prompt of the rated items when none is mapped."),
+    polis_pass: str = typer.Option("abstain", help="Polis pass votes: abstain (0) or skip."),
+) -> None:
+    """Import feedback; bad rows are listed with their line number and skipped."""
+    from rlhf_persona.feedback import importers
+
+    if fmt not in importers.IMPORTERS:
+        raise UserError(f"--format {fmt!r}: use one of {', '.join(importers.IMPORTERS)}")
+    if fmt == "csv" and not mapping:
+        raise UserError("--format csv needs --map COLUMN=FIELD options (e.g. --map score=rating)")
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    store = _open(db, config)
+    try:
+        if fmt == "jsonl":
+            report = importers.import_jsonl(store, path)
+        elif fmt == "csv":
+            report = importers.import_csv(
+                store, path, importers.parse_mapping(mapping or []), default_prompt=prompt
+            )
+        else:
+            report = importers.import_polis(store, path, pass_as=polis_pass)
+    finally:
+        store.close()
+    data = report.to_dict()
+    _print_report(f"imported {path}: {report.rows} rows, {report.users} users", data)
+    for row in data["bad_rows"][:20]:
+        typer.echo(f"  line {row['line']}: {row['reason']}", err=True)
+    if len(report.bad_rows) > 20:
+        typer.echo(f"  ... and {len(report.bad_rows) - 20} more bad rows", err=True)
+
+
+def _print_report(title: str, report: dict) -> None:
+    typer.echo(title)
+    for section in ("used", "events", "dropped", "skipped"):
+        for reason, count in sorted((report.get(section) or {}).items()):
+            typer.echo(f"  {section:8s} {reason:28s} {count}")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: str = typer.Option(..., "--role", help="collector | admin"),
+    name: str | None = typer.Option(None, help="A label for the key (who uses it)."),
+    db: str | None = DbOption,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    store = _open(db)
+    try:
+        typer.echo(store.create_api_key(role, name))
+    finally:
+        store.close()
+
+
+@keys_app.command("list")
+def keys_list(db: str | None = DbOption) -> None:
+    """List API keys (prefix, role, name, created, revoked)."""
+    store = _open(db)
+    try:
+        for key in store.list_api_keys():
+            revoked = f" revoked {key['revoked_at']:%Y-%m-%d}" if key["revoked_at"] else ""
+            typer.echo(f"{key['key_prefix']}…  {key['role']:9s} {key['name']}{revoked}")
+    finally:
+        store.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: str = typer.Argument(..., help="The key or its first 10 characters."),
+    db: str | None = DbOption,
+) -> None:
+    """Revoke a key (running services notice within api_key_cache_seconds)."""
+    store = _open(db)
+    try:
+        if not store.revoke_api_key(prefix):
+            raise UserError(f"no active key starting with {prefix[:10]!r}")
+    finally:
+        store.close()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: str = typer.Option("head", help="Target revision."), db: str | None = DbOption
+) -> None:
+    """Apply migrations up to REVISION (opening the store does this to head anyway)."""
+    from rlhf_persona.feedback import migrate
+    from rlhf_persona.feedback.db import make_engine
+
+    engine = make_engine(_url(db, None))
+    migrate.upgrade(engine, revision)
+    typer.echo(f"at revision {migrate.current_revision(engine)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Option(..., help="Target revision (base drops every table)."),
+    db: str | None = DbOption,
+) -> None:
+    """Revert migrations down to REVISION."""
+    from rlhf_persona.feedback import migrate
+    from rlhf_persona.feedback.db import make_engine
+
+    engine = make_engine(_url(db, None))
+    migrate.downgrade(engine, revision)
+    typer.echo(f"at revision {migrate.current_revision(engine)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the commands on the main CLI (called from ``rlhf_persona.cli``)."""
+    app.command("serve")(serve)
+    app.command("export")(export_cmd)
+    app.command("import")(import_cmd)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(db_app, name="db")

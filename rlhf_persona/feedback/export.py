@@ -1,0 +1,232 @@
+"""Export the store's current feedback as Hugging Face ``datasets`` in TRL's formats.
+
+- ``export_preference`` -> prompt, chosen, rejected, margin, user_id, segment_id (DPO, reward
+  models). Pairs come from pairwise choices (margin 1), from two ratings of the same user on
+  replies to the same prompt (margin = the rating gap; equal ratings give no pair) and from the
+  same user's thumbs up and thumbs down on replies to the same prompt (margin 1).
+- ``export_kto`` -> prompt, completion, label (bool), user_id, segment_id (KTO), from thumbs.
+- ``export_ratings`` -> prompt, completion, rating (1..5), user_id, segment_id.
+
+Every row keeps the user and their segment (current assignment, or the ``segments`` given;
+-1 when none). Only live users who consented are used (deleted users' feedback is gone from the
+store already). Rows are deduplicated; a pair the same user also gave the other way round
+(e.g. a thumbs pair against a pairwise choice) is contradictory and dropped. Each function also
+returns a report: how many rows, from which source, and what was dropped and why.
+
+Pass ``conversational=True`` for TRL's conversational format (lists of chat messages).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from itertools import combinations
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from rlhf_persona.feedback.store import FeedbackStore
+
+FORMATS = ("preference", "kto", "ratings")
+NO_SEGMENT = -1
+RATINGS_COLUMNS = ("prompt", "completion", "rating", "user_id", "segment_id")
+KTO_COLUMNS = ("prompt", "completion", "label", "user_id", "segment_id")
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "margin", "user_id", "segment_id")
+
+
+def _segments_of(store: FeedbackStore, segments: Mapping[str, int] | None) -> Mapping[str, int]:
+    return store.current_segments() if segments is None else segments
+
+
+def _usable(rows: list[Any], dropped: Counter) -> list[Any]:
+    kept = []
+    for row in rows:
+        if not row.consent:
+            dropped["no_consent"] += 1
+        else:
+            kept.append(row)
+    return kept
+
+
+def _as_chat(role: str, text: str) -> list[dict[str, str]]:
+    return [{"role": role, "content": text}]
+
+
+def _dataset(columns: dict[str, list], features: dict[str, str], conversational: bool) -> Dataset:
+    from datasets import Dataset, Features, Value
+
+    feats: dict[str, Any] = {}
+    for name, dtype in features.items():
+        if conversational and dtype == "text":
+            feats[name] = [{"role": Value("string"), "content": Value("string")}]
+        else:
+            feats[name] = Value("string" if dtype == "text" else dtype)
+    return Dataset.from_dict(columns, features=Features(feats))
+
+
+def _report(fmt: str, rows: int, used: Counter, dropped: Counter) -> dict[str, Any]:
+    return {"format": fmt, "rows": rows, "used": dict(used), "dropped": dict(dropped)}
+
+
+def export_preference(
+    store: FeedbackStore,
+    segments: Mapping[str, int] | None = None,
+    *,
+    conversational: bool = False,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Preference pairs (see the module docstring) and a report of what was used and dropped."""
+    seg = _segments_of(store, segments)
+    dropped: Counter = Counter()
+    rows = _usable(store.feedback_rows(["pairwise", "rating", "thumbs"]), dropped)
+    # (user, prompt, chosen, rejected) -> (margin, source); first source wins on duplicates.
+    pairs: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+
+    def add(user: str, prompt: str, chosen: str, rejected: str, margin: float, source: str):
+        key = (user, prompt, chosen, rejected)
+        if key in pairs:
+            dropped["duplicate_pair"] += 1
+        else:
+            pairs[key] = (margin, source)
+
+    by_group: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    for row in rows:
+        if row.kind == "pairwise":
+            first, second = (row.reply, row.other_reply)
+            chosen, rejected = (first, second) if row.value > 0 else (second, first)
+            add(row.user_id, row.prompt, chosen, rejected, 1.0, "pairwise")
+        else:
+            by_group[(row.kind, row.user_id, row.prompt_hash)].append(row)
+
+    for (kind, user, _), group in sorted(by_group.items()):
+        if kind == "rating":
+            _rating_pairs(group, user, add, dropped)
+        else:
+            _thumb_pairs(group, user, add, dropped)
+
+    used: Counter = Counter()
+    columns: dict[str, list] = {k: [] for k in PREFERENCE_COLUMNS}
+    for (user, prompt, chosen, rejected), (margin, source) in pairs.items():
+        if (user, prompt, rejected, chosen) in pairs:
+            dropped["contradictory_pair"] += 1
+            continue
+        used[source] += 1
+        columns["prompt"].append(_as_chat("user", prompt) if conversational else prompt)
+        columns["chosen"].append(_as_chat("assistant", chosen) if conversational else chosen)
+        columns["rejected"].append(_as_chat("assistant", rejected) if conversational else rejected)
+        columns["margin"].append(margin)
+        columns["user_id"].append(user)
+        columns["segment_id"].append(int(seg.get(user, NO_SEGMENT)))
+    features = {"prompt": "text", "chosen": "text", "rejected": "text", "margin": "float32",
+                "user_id": "string", "segment_id": "int32"}  # fmt: skip
+    dataset = _dataset(columns, features, conversational)
+    return dataset, _report("preference", len(dataset), used, dropped)
+
+
+def _rating_pairs(group: list[Any], user: str, add, dropped: Counter) -> None:
+    """Pairs from one user's ratings of replies to one prompt: margin = rating gap."""
+    if len(group) < 2:
+        dropped["rating_without_other_reply"] += len(group)
+        return
+    for a, b in combinations(group, 2):
+        if a.value == b.value:
+            dropped["rating_tie"] += 1
+            continue
+        hi, lo = (a, b) if a.value > b.value else (b, a)
+        add(user, hi.prompt, hi.reply, lo.reply, float(hi.value - lo.value), "rating_gap")
+
+
+def _thumb_pairs(group: list[Any], user: str, add, dropped: Counter) -> None:
+    """Pairs from one user's thumbs up and thumbs down on replies to one prompt."""
+    ups = [row for row in group if row.value > 0]
+    downs = [row for row in group if row.value < 0]
+    cleared = sum(1 for row in group if row.value == 0)
+    if cleared:
+        dropped["cleared_thumb"] += cleared
+    if not ups or not downs:
+        dropped["thumb_without_opposite"] += len(ups) + len(downs)
+        return
+    for up in ups:
+        for down in downs:
+            add(user, up.prompt, up.reply, down.reply, 1.0, "thumbs_up_vs_down")
+
+
+def export_kto(
+    store: FeedbackStore,
+    segments: Mapping[str, int] | None = None,
+    *,
+    conversational: bool = False,
+) -> tuple[Dataset, dict[str, Any]]:
+    """KTO rows from thumbs: label True for up, False for down (cleared thumbs are dropped)."""
+    seg = _segments_of(store, segments)
+    dropped: Counter = Counter()
+    rows = _usable(store.feedback_rows(["thumbs"]), dropped)
+    seen: set[tuple[str, str, str]] = set()
+    used: Counter = Counter()
+    columns: dict[str, list] = {k: [] for k in KTO_COLUMNS}
+    for row in rows:
+        if row.value == 0:
+            dropped["cleared_thumb"] += 1
+            continue
+        key = (row.user_id, row.prompt, row.reply)
+        if key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        used["thumbs_up" if row.value > 0 else "thumbs_down"] += 1
+        columns["prompt"].append(_as_chat("user", row.prompt) if conversational else row.prompt)
+        columns["completion"].append(
+            _as_chat("assistant", row.reply) if conversational else row.reply
+        )
+        columns["label"].append(row.value > 0)
+        columns["user_id"].append(row.user_id)
+        columns["segment_id"].append(int(seg.get(row.user_id, NO_SEGMENT)))
+    features = {"prompt": "text", "completion": "text", "label": "bool", "user_id": "string",
+                "segment_id": "int32"}  # fmt: skip
+    dataset = _dataset(columns, features, conversational)
+    return dataset, _report("kto", len(dataset), used, dropped)
+
+
+def export_ratings(
+    store: FeedbackStore,
+    segments: Mapping[str, int] | None = None,
+    *,
+    conversational: bool = False,
+) -> tuple[Dataset, dict[str, Any]]:
+    """One row per current rating: prompt, completion, rating (1..5), user_id, segment_id."""
+    seg = _segments_of(store, segments)
+    dropped: Counter = Counter()
+    rows = _usable(store.feedback_rows(["rating"]), dropped)
+    seen: set[tuple[str, str, str]] = set()
+    columns: dict[str, list] = {k: [] for k in RATINGS_COLUMNS}
+    for row in rows:
+        key = (row.user_id, row.prompt, row.reply)
+        if key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        columns["prompt"].append(_as_chat("user", row.prompt) if conversational else row.prompt)
+        columns["completion"].append(
+            _as_chat("assistant", row.reply) if conversational else row.reply
+        )
+        columns["rating"].append(int(row.value))
+        columns["user_id"].append(row.user_id)
+        columns["segment_id"].append(int(seg.get(row.user_id, NO_SEGMENT)))
+    features = {"prompt": "text", "completion": "text", "rating": "int32", "user_id": "string",
+                "segment_id": "int32"}  # fmt: skip
+    dataset = _dataset(columns, features, conversational)
+    return dataset, _report("ratings", len(dataset), Counter(rating=len(dataset)), dropped)
+
+
+EXPORTERS = {"preference": export_preference, "kto": export_kto, "ratings": export_ratings}
+
+
+def export(
+    store: FeedbackStore, fmt: str, segments: Mapping[str, int] | None = None, **kwargs: Any
+) -> tuple[Dataset, dict[str, Any]]:
+    """Dispatch on ``fmt`` (preference, kto or ratings)."""
+    from rlhf_persona.feedback.errors import InvalidInput
+
+    if fmt not in EXPORTERS:
+        raise InvalidInput(f"must be one of {', '.join(FORMATS)}, not {fmt!r}", "format")
+    return EXPORTERS[fmt](store, segments, **kwargs)

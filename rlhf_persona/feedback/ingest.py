@@ -1,0 +1,405 @@
+"""The write path of feedback events: validate, resolve, deduplicate, insert, move "current".
+
+This is the hot path (simulated users and the HTTP batch endpoint write thousands of events a
+second), so it talks to the database in bulk: a handful of statements per batch, whatever its
+size (one ``SELECT ... IN`` per lookup, one ``executemany`` per insert), with plain driver SQL
+instead of SQLAlchemy expressions, whose per-row parameter processing dominated the cost.
+The rest of the store uses SQLAlchemy Core.
+
+Steps for a batch (one transaction): users (create them if asked, never tombstoned ones) ->
+replies (by content id; ids given by the client must exist; a pair must share its prompt) ->
+event ids seen before (``duplicate`` when the content is the same, 409 when it is not) -> insert
+new replies and the events -> upsert ``feedback_current`` where the event is not older than the
+current value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
+from rlhf_persona.feedback.models import utcnow
+from rlhf_persona.feedback.privacy import mask_pii
+from rlhf_persona.feedback.schemas import FeedbackEventIn, first_error, prompt_hash, reply_id_for
+
+if TYPE_CHECKING:
+    from rlhf_persona.feedback.store import FeedbackStore
+
+Status = Literal["created", "duplicate", "updated", "error"]
+_IN_CHUNK = 900  # rows per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What happened to one event. ``code`` is the HTTP status of an error (404 unknown id,
+    409 reused event id, 410 deleted user, 422 invalid), ``field`` the input it is about."""
+
+    event_id: str | None
+    status: Status
+    message: str | None = None
+    field: str | None = None
+    code: int | None = None
+    reply_id: str | None = None
+    other_reply_id: str | None = None
+
+    def __getitem__(self, key: str) -> Any:  # results read like dicts too: result["status"]
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def error(cls, event_id: str | None, exc: StoreError) -> EventResult:
+        return cls(event_id, "error", exc.detail, exc.field, exc.status_code)
+
+
+@dataclass
+class _Item:
+    """An event on its way in: validated input plus what the batch resolved for it."""
+
+    index: int
+    ev: FeedbackEventIn
+    created_at: datetime
+    comment: str | None
+    prompt_hash: str | None
+    reply_id: str
+    other_reply_id: str | None
+    payload_hash: str
+    user_pk: int = 0
+    reply_pk: int = 0
+    other_pk: int | None = None
+
+    def current_key(self) -> tuple[int, int, int, str]:
+        # A pair is one choice whichever reply came first: the key holds it in canonical order.
+        if self.other_pk is None:
+            return (self.user_pk, self.reply_pk, 0, self.ev.kind)
+        low, high = sorted((self.reply_pk, self.other_pk))
+        return (self.user_pk, low, high, self.ev.kind)
+
+
+class _Sql:
+    """Driver-level SQL for SQLite (``?`` placeholders, text timestamps, JSON as text) and
+    PostgreSQL via psycopg (``%s``, timestamptz, JSONB)."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.pg = conn.dialect.name == "postgresql"
+        if self.pg:
+            from psycopg.types.json import Jsonb
+
+            self._jsonb = Jsonb
+
+    def run(self, sql: str, params: Sequence[Any] | list[tuple] = ()) -> Any:
+        return self.conn.exec_driver_sql(sql.replace("?", "%s") if self.pg else sql, params)
+
+    def many(self, sql: str, rows: list[tuple]) -> None:
+        if rows:
+            self.run(sql, rows)
+
+    def select_in(self, sql: str, values: Sequence[Any], width: int = 1) -> list[tuple]:
+        """Run ``sql`` with ``{marks}`` filled by placeholders for ``values``, in chunks: an
+        IN list, or for ``width`` > 1 the rows of a ``VALUES`` list (joined in a CTE, which
+        both databases answer from the index; a row-value ``IN`` made SQLite scan)."""
+        out: list[tuple] = []
+        one = "?" if width == 1 else "(" + ",".join("?" * width) + ")"
+        step = _IN_CHUNK // width
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            params = chunk if width == 1 else [v for row in chunk for v in row]
+            marks = ",".join([one] * len(chunk))
+            out.extend(self.run(sql.format(marks=marks), tuple(params)).fetchall())
+        return out
+
+    def ts(self, value: datetime) -> Any:
+        # The same text format SQLAlchemy's SQLite DateTime writes and reads back.
+        return (
+            value
+            if self.pg
+            else value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        )
+
+    def ts_in(self, value: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def json(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return self._jsonb(value) if self.pg else json.dumps(value, ensure_ascii=False)
+
+
+def record_events(
+    store: FeedbackStore, events: Iterable[Any], create_users: bool
+) -> list[EventResult]:
+    """See ``FeedbackStore.record_events``."""
+    events = list(events)
+    results: list[EventResult | None] = [None] * len(events)
+    pending: list[_Item] = []
+    first_of: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    now = utcnow()
+    for index, raw in enumerate(events):
+        item = _prepare(index, raw, now, results)
+        if item is None:
+            continue
+        if item.ev.event_id in first_of:  # the same id twice in one batch is answered the same
+            repeats.append((index, first_of[item.ev.event_id]))
+            continue
+        first_of[item.ev.event_id] = index
+        pending.append(item)
+    for start in range(0, len(pending), store.batch_size):
+        _record_chunk(store, pending[start : start + store.batch_size], results, create_users)
+    for index, first in repeats:
+        results[index] = _repeat(results[first])
+    return results  # type: ignore[return-value]
+
+
+def _prepare(index: int, raw: Any, now: datetime, results: list) -> _Item | None:
+    if not isinstance(raw, FeedbackEventIn | Mapping):
+        results[index] = EventResult(None, "error", "expected an event object", "event", 422)
+        return None
+    try:
+        ev = raw if isinstance(raw, FeedbackEventIn) else FeedbackEventIn.model_validate(raw)
+    except ValidationError as exc:
+        field, message = first_error(exc)
+        event_id = raw.get("event_id") if isinstance(raw, Mapping) else None
+        event_id = event_id if isinstance(event_id, str) else None
+        results[index] = EventResult(event_id, "error", message, field, 422)
+        return None
+    phash = prompt_hash(ev.prompt) if ev.prompt is not None else None
+    rid = ev.reply_id or reply_id_for(ev.prompt, ev.reply, phash)
+    orid = ev.other_reply_id
+    if orid is None and ev.other_reply is not None:
+        orid = reply_id_for(ev.prompt, ev.other_reply, phash)
+    comment = mask_pii(ev.comment)
+    # What makes two events "the same" for idempotency (the time of receipt does not).
+    payload = "\x1f".join(
+        map(str, (ev.user_id, ev.kind, rid, orid, ev.value, ev.reason_tags, comment))
+    )
+    return _Item(
+        index=index,
+        ev=ev,
+        created_at=ev.created_at or now,
+        comment=comment,
+        prompt_hash=phash,
+        reply_id=rid,
+        other_reply_id=orid,
+        payload_hash=hashlib.sha256(payload.encode()).hexdigest(),
+    )
+
+
+def _repeat(first: EventResult | None) -> EventResult:
+    if first is None or first.status == "error":
+        return first  # type: ignore[return-value]
+    return EventResult(
+        first.event_id, "duplicate", reply_id=first.reply_id, other_reply_id=first.other_reply_id
+    )
+
+
+def _record_chunk(store: FeedbackStore, items: list[_Item], results: list, create: bool) -> None:
+    try:
+        with store._writer.begin() as conn:
+            _write(store, _Sql(conn), items, results, create)
+    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+        # Something only the database caught (e.g. a concurrent writer): retry one event per
+        # transaction, so that one bad event cannot sink the others.
+        if len(items) > 1:
+            for item in items:
+                _record_chunk(store, [item], results, create)
+            return
+        message = f"rejected by the database: {type(exc.orig).__name__}"
+        results[items[0].index] = EventResult(items[0].ev.event_id, "error", message, None, 409)
+
+
+def _write(store: FeedbackStore, sql: _Sql, items: list[_Item], results: list, create: bool):
+    def fail(item: _Item, exc: StoreError) -> None:
+        results[item.index] = EventResult.error(item.ev.event_id, exc)
+
+    items = _resolve_users(store, sql, items, create, fail)
+    items = _resolve_replies(sql, items, fail)
+    items = _drop_seen(sql, items, results, fail)
+    if not items:
+        return
+    _insert_replies(sql, items)
+    received = sql.ts(utcnow())
+    sql.many(
+        "INSERT INTO feedback_events (event_id, user_pk, kind, reply_pk, other_reply_pk, value,"
+        " reason_tags, comment, created_at, received_at, payload_hash)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING",
+        [
+            (it.ev.event_id, it.user_pk, it.ev.kind, it.reply_pk, it.other_pk, it.ev.value,
+             sql.json(it.ev.reason_tags or None), it.comment, sql.ts(it.created_at), received,
+             it.payload_hash)
+            for it in items
+        ],
+    )  # fmt: skip
+    statuses = _update_current(sql, items)
+    for it in items:
+        status, message = statuses[it.index]
+        results[it.index] = EventResult(
+            it.ev.event_id, status, message, reply_id=it.reply_id, other_reply_id=it.other_reply_id
+        )
+
+
+def _user_pks(sql: _Sql, ids: list[str]) -> dict[str, int]:
+    """user_id -> pk, negative for deleted users."""
+    rows = sql.select_in(
+        "SELECT id, user_id, deleted_at FROM users WHERE user_id IN ({marks})", ids
+    )
+    return {uid: (-pk if deleted is not None else pk) for pk, uid, deleted in rows}
+
+
+def _resolve_users(store, sql: _Sql, items: list[_Item], create: bool, fail) -> list[_Item]:
+    ids = sorted({it.ev.user_id for it in items})
+    found = _user_pks(sql, ids)
+    missing = [uid for uid in ids if uid not in found]
+    gone: set[str] = set()
+    if missing:
+        by_hash = {store.hasher.user_id(uid): uid for uid in missing}
+        marks = "SELECT id_hash FROM tombstones WHERE id_hash IN ({marks})"
+        gone = {by_hash[h] for (h,) in sql.select_in(marks, list(by_hash))}
+        new = [uid for uid in missing if uid not in gone]
+        if create and new:
+            now = sql.ts(utcnow())
+            sql.many(
+                "INSERT INTO users (user_id, profile, meta, consent, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT (user_id) DO NOTHING",
+                [(uid, sql.json({}), sql.json({}), True, now, now) for uid in new],
+            )
+            found.update(_user_pks(sql, new))
+    kept = []
+    for it in items:
+        pk = found.get(it.ev.user_id)
+        if it.ev.user_id in gone or (pk is not None and pk < 0):
+            fail(it, Gone(f"user {it.ev.user_id!r} was deleted", "user_id"))
+        elif pk is None:
+            fail(it, NotFound(f"no user {it.ev.user_id!r}", "user_id"))
+        else:
+            it.user_pk = pk
+            kept.append(it)
+    return kept
+
+
+def _resolve_replies(sql: _Sql, items: list[_Item], fail: Callable) -> list[_Item]:
+    wanted = sorted({it.reply_id for it in items} | {it.other_reply_id for it in items} - {None})
+    query = "SELECT id, reply_id, prompt_hash FROM replies WHERE reply_id IN ({marks})"
+    known = {rid: (pk, phash) for pk, rid, phash in sql.select_in(query, wanted)}
+    kept = []
+    for it in items:
+        problem = _reply_problem(it, known)
+        if problem is not None:
+            fail(it, problem)
+            continue
+        it.reply_pk = known[it.reply_id][0] if it.reply_id in known else 0
+        it.other_pk = known[it.other_reply_id][0] if it.other_reply_id in known else None
+        kept.append(it)
+    return kept
+
+
+def _reply_problem(it: _Item, known: dict[str, tuple[int, str]]) -> StoreError | None:
+    ev = it.ev
+    sides = [(it.reply_id, ev.reply, "reply_id")]
+    if it.other_reply_id is not None:
+        other_field = "other_reply" if ev.other_reply is not None else "other_reply_id"
+        sides.append((it.other_reply_id, ev.other_reply, other_field))
+    hashes = []
+    for rid, text, field in sides:
+        if rid in known:
+            hashes.append(known[rid][1])
+        elif text is not None:
+            hashes.append(it.prompt_hash)
+        else:
+            return NotFound(f"no reply {rid!r}", field)
+    if len(sides) == 2:
+        if it.other_reply_id == it.reply_id:
+            return InvalidInput("must be a different reply than reply", sides[1][2])
+        if hashes[0] != hashes[1]:
+            return InvalidInput(
+                "a pairwise choice needs two replies to the same prompt", sides[1][2]
+            )
+    return None
+
+
+def _drop_seen(sql: _Sql, items: list[_Item], results: list, fail: Callable) -> list[_Item]:
+    query = "SELECT event_id, payload_hash FROM feedback_events WHERE event_id IN ({marks})"
+    seen = dict(sql.select_in(query, [it.ev.event_id for it in items]))
+    kept = []
+    for it in items:
+        previous = seen.get(it.ev.event_id)
+        if previous is None:
+            kept.append(it)
+        elif previous == it.payload_hash:
+            results[it.index] = EventResult(
+                it.ev.event_id, "duplicate", reply_id=it.reply_id, other_reply_id=it.other_reply_id
+            )
+        else:
+            fail(it, Conflict("this event id was already used for a different event", "event_id"))
+    return kept
+
+
+def _insert_replies(sql: _Sql, items: list[_Item]) -> None:
+    """Create the replies given as text that do not exist yet; fill in every item's pks."""
+    new: dict[str, tuple] = {}
+    now = sql.ts(utcnow())
+    for it in items:
+        ev = it.ev
+        for rid, text, pk in ((it.reply_id, ev.reply, it.reply_pk),
+                              (it.other_reply_id, ev.other_reply, it.other_pk)):  # fmt: skip
+            if rid is not None and not pk and rid not in new:
+                new[rid] = (rid, it.prompt_hash, ev.prompt, text, ev.policy, ev.segment, now)
+    if not new:
+        return
+    sql.many(
+        "INSERT INTO replies (reply_id, prompt_hash, prompt, text, policy, segment, created_at)"
+        " VALUES (?,?,?,?,?,?,?) ON CONFLICT (reply_id) DO NOTHING",
+        list(new.values()),
+    )
+    query = "SELECT reply_id, id FROM replies WHERE reply_id IN ({marks})"
+    pks = dict(sql.select_in(query, list(new)))
+    for it in items:
+        it.reply_pk = it.reply_pk or pks[it.reply_id]
+        if it.other_reply_id is not None and not it.other_pk:
+            it.other_pk = pks[it.other_reply_id]
+
+
+def _update_current(sql: _Sql, items: list[_Item]) -> dict[int, tuple[Status, str | None]]:
+    """Point each (user, reply, other, kind) at its latest event; returns index -> status."""
+    keys = sorted({it.current_key() for it in items})
+    query = (
+        "WITH k (u, r, o, kd) AS (VALUES {marks})"
+        " SELECT c.user_pk, c.reply_pk, c.other_key, c.kind, c.created_at"
+        " FROM k JOIN feedback_current c ON c.user_pk = k.u AND c.reply_pk = k.r"
+        " AND c.other_key = k.o AND c.kind = k.kd"
+    )
+    current = {tuple(row[:4]): sql.ts_in(row[4]) for row in sql.select_in(query, keys, width=4)}
+    statuses: dict[int, tuple[Status, str | None]] = {}
+    final: dict[tuple, _Item] = {}
+    for it in items:
+        key = it.current_key()
+        previous = current.get(key)
+        if previous is not None and it.created_at < previous:
+            statuses[it.index] = ("created", "older than the current value; kept in history")
+            continue
+        statuses[it.index] = ("created", None) if previous is None else ("updated", None)
+        current[key] = it.created_at
+        final[key] = it
+    now = sql.ts(utcnow())
+    sql.many(
+        "INSERT INTO feedback_current"
+        " (user_pk, reply_pk, other_key, kind, event_id, created_at, updated_at)"
+        " VALUES (?,?,?,?,?,?,?) ON CONFLICT (user_pk, reply_pk, other_key, kind) DO UPDATE SET"
+        " event_id = excluded.event_id, created_at = excluded.created_at,"
+        " updated_at = excluded.updated_at"
+        " WHERE feedback_current.created_at <= excluded.created_at",
+        [(*key, it.ev.event_id, sql.ts(it.created_at), now) for key, it in final.items()],
+    )
+    return statuses

@@ -1,0 +1,90 @@
+"""Privacy helpers: keyed hashing of identifiers and masking of contact details in free text.
+
+External user ids (an e-mail, a CRM id, a Polis participant number) are never stored: only their
+keyed hash (HMAC-SHA256 with ``RLHF_PERSONA_HASH_KEY``). The same key turns them into stable
+pseudonymous user ids and into tombstones, so a deleted user stays out after a re-import without
+the store keeping anything that names them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import warnings
+
+#: Used when ``RLHF_PERSONA_HASH_KEY`` is unset. Fine for development and tests; a deployment
+#: must set its own secret, otherwise anyone can recompute the hashes of guessed ids.
+DEV_HASH_KEY = "rlhf-persona-dev-key"
+HASH_KEY_ENV = "RLHF_PERSONA_HASH_KEY"
+
+_warned_dev_key = False
+
+
+def resolve_hash_key(key: str | None = None) -> bytes:
+    """The key to use: the argument, else ``$RLHF_PERSONA_HASH_KEY``, else the dev default."""
+    global _warned_dev_key
+    key = key or os.environ.get(HASH_KEY_ENV)
+    if not key:
+        if not _warned_dev_key and os.environ.get("RLHF_PERSONA_QUIET_DEV_KEY") != "1":
+            warnings.warn(
+                f"{HASH_KEY_ENV} is not set: external ids are hashed with the public development "
+                "key. Set a secret key in production.",
+                stacklevel=2,
+            )
+            _warned_dev_key = True
+        key = DEV_HASH_KEY
+    return key.encode()
+
+
+class KeyedHasher:
+    """HMAC-SHA256 of identifiers under one secret key (hex digests, 64 characters)."""
+
+    def __init__(self, key: str | None = None) -> None:
+        self._key = resolve_hash_key(key)
+
+    def digest(self, namespace: str, value: str) -> str:
+        # The namespace keeps a user id and an external id with the same text apart.
+        return hmac.new(self._key, f"{namespace}\x00{value}".encode(), hashlib.sha256).hexdigest()
+
+    def external_id(self, external_id: str) -> str:
+        """Hash stored in ``users.external_id_hash`` and in the tombstone of a deleted user."""
+        return self.digest("ext", external_id)
+
+    def user_id(self, user_id: str) -> str:
+        """Tombstone hash of a pseudonymous user id."""
+        return self.digest("uid", user_id)
+
+    def pseudonym(self, external_id: str) -> str:
+        """Stable pseudonymous user id derived from an external id (``u_`` + 20 hex digits)."""
+        return "u_" + self.external_id(external_id)[:20]
+
+
+def hash_api_key(key: str) -> str:
+    """API keys are random 32-byte secrets, so a plain SHA-256 is enough to store them."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+# A run of digits with optional +country code, brackets and separators ( -./); validated below
+# by its digit count so that years, prices and short numbers stay.
+_PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d\s().\-/]{5,}\d(?!\w)")
+_NOT_PHONE = re.compile(  # dates and decimal numbers
+    r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d+\.\d+"
+)
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    text = match.group(0)
+    digits = sum(ch.isdigit() for ch in text)
+    if not 7 <= digits <= 15 or _NOT_PHONE.fullmatch(text.strip()):
+        return text
+    return "[phone]"
+
+
+def mask_pii(text: str | None) -> str | None:
+    """Replace e-mail addresses with ``[email]`` and phone numbers with ``[phone]``."""
+    if not text:
+        return text
+    return _PHONE.sub(_mask_phone, _EMAIL.sub("[email]", text))

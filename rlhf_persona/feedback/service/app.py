@@ -1,0 +1,77 @@
+"""The FastAPI application: ``create_app(settings)`` builds it, ``app_from_env`` is the
+factory uvicorn runs (``rlhf-persona serve``).
+
+Layout (as in FastAPI's full-stack template): ``settings`` (pydantic-settings), ``deps``
+(store, writer, API-key roles), ``routes/`` (one module per resource, mounted under ``/v1``),
+``models`` (response shapes), ``errors`` (every error as JSON naming the field), ``middleware``
+(request size limit), ``writer`` (group commit). To add an endpoint module (e.g. chat), write a
+router in ``routes/`` and append it to ``routes.ROUTERS``, or pass it in ``routers=[...]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from rlhf_persona.feedback.service import errors
+from rlhf_persona.feedback.service.deps import ApiKeys
+from rlhf_persona.feedback.service.middleware import BodySizeLimit
+from rlhf_persona.feedback.service.responses import JSON
+from rlhf_persona.feedback.service.settings import ServiceSettings
+from rlhf_persona.feedback.service.writer import BatchingWriter
+from rlhf_persona.feedback.store import FeedbackStore
+
+API_PREFIX = "/v1"
+
+
+def create_app(
+    settings: ServiceSettings | None = None,
+    *,
+    store: FeedbackStore | None = None,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """Build the service. The store is opened (and migrated) at startup unless given."""
+    from rlhf_persona.feedback.service.routes import ROUTERS
+
+    settings = settings or ServiceSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_store = store is None
+        app.state.store = store or FeedbackStore(settings.database_url, hash_key=settings.hash_key)
+        app.state.api_keys = ApiKeys(app.state.store, settings.api_key_cache_seconds)
+        app.state.writer = BatchingWriter(app.state.store, settings.writer_max_events)
+        app.state.writer.start()
+        try:
+            yield
+        finally:
+            app.state.writer.stop()
+            if own_store:
+                app.state.store.close()
+
+    app = FastAPI(
+        title="rlhf_persona feedback API",
+        version="1",
+        summary="Users, replies and their feedback (thumbs, ratings, A/B choices, comments).",
+        lifespan=lifespan,
+        default_response_class=JSON,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for router in [*ROUTERS, *routers]:
+        app.include_router(router, prefix=API_PREFIX)
+
+    @app.get("/healthz", tags=["health"], include_in_schema=True)
+    async def healthz() -> JSON:
+        """Liveness: answers 200 once the store is open (no API key needed)."""
+        return JSON({"status": "ok"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings from ``RLHF_PERSONA_*`` variables."""
+    return create_app(ServiceSettings())

@@ -1,0 +1,9 @@
+"""Route modules of the HTTP API, one per resource. ``ROUTERS`` lists what ``create_app``
+mounts under ``/v1``; a new module (e.g. chat) adds its router there or is passed to
+``create_app(routers=[...])``."""
+
+from __future__ import annotations
+
+from rlhf_persona.feedback.service.routes import admin, feedback, replies, users
+
+ROUTERS = [users.router, replies.router, feedback.router, admin.router]

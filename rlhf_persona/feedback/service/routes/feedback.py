@@ -1,0 +1,128 @@
+"""/v1/feedback: post one event, post a batch, list current values (or the history).
+
+Writes go through the app's ``BatchingWriter`` (group commit), so concurrent single posts share
+transactions. The single-event route is kept lean: an async handler, an async key check, the
+body validated once by FastAPI, and the response serialised by orjson.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from rlhf_persona.feedback.schemas import ID_PATTERN, FeedbackEventIn
+from rlhf_persona.feedback.service.deps import collector, get_store, get_writer
+from rlhf_persona.feedback.service.models import ERRORS, BatchOut, EventPage, EventResultOut
+from rlhf_persona.feedback.service.responses import JSON, error_body
+from rlhf_persona.feedback.service.writer import BatchingWriter
+from rlhf_persona.feedback.store import FeedbackStore
+
+router = APIRouter(prefix="/feedback", tags=["feedback"], responses=ERRORS)
+Store = Annotated[FeedbackStore, Depends(get_store)]
+Writer = Annotated[BatchingWriter, Depends(get_writer)]
+SUCCESS_STATUS = {"created": 201, "updated": 201, "duplicate": 200}
+
+
+class _Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[FeedbackEventIn]
+
+
+_BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["events"],
+    "additionalProperties": False,
+    "properties": {
+        "events": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/FeedbackEventIn"},
+            "description": "Events; each is answered on its own (an invalid one does not "
+            "reject the others).",
+        }
+    },
+}
+
+
+@router.post(
+    "",
+    response_model=EventResultOut,
+    status_code=201,
+    responses={200: {"model": EventResultOut, "description": "Duplicate: stored before."},
+               409: ERRORS[422] | {"description": "Event id reused for another event."}},
+    dependencies=[Depends(collector)],
+)  # fmt: skip
+async def post_feedback(event: FeedbackEventIn, writer: Writer) -> JSON:
+    """Record one event: 201 ``created`` / ``updated`` (changed vote), 200 ``duplicate`` (the
+    same event id was stored before: nothing changes), or 404/409/410/422 naming the field."""
+    [result] = await writer.submit([event])
+    if result.status == "error":
+        return JSON(error_body(result.message, result.field, event_id=result.event_id),
+                    result.code or 422)  # fmt: skip
+    return JSON(result.to_dict(), SUCCESS_STATUS[result.status])
+
+
+@router.post(
+    "/batch",
+    response_model=BatchOut,
+    dependencies=[Depends(collector)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _BATCH_SCHEMA}},
+        }
+    },
+)
+async def post_batch(request: Request, writer: Writer) -> JSON:
+    """Record many events in one request: one result per event, in order, each with its own
+    status (``created``/``updated``/``duplicate``/``error`` with message and field)."""
+    events = _parse_batch(await request.body(), request.app.state.settings.max_batch_events)
+    if isinstance(events, JSON):
+        return events
+    results = await writer.submit(events) if events else []
+    counts = Counter(result.status for result in results)
+    return JSON({"results": [r.to_dict() for r in results], "counts": dict(counts)})
+
+
+def _parse_batch(body: bytes, max_events: int) -> list[Any] | JSON:
+    """Valid batches are parsed and validated in one pass (pydantic's JSON parser); otherwise
+    the envelope is checked here and each event is validated, and answered, on its own."""
+    try:
+        events: list[Any] = _Batch.model_validate_json(body).events
+    except ValidationError:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _invalid("body", f"not valid JSON: {exc}")
+        if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+            return _invalid("events", 'expected an object {"events": [...]} with a list')
+        if extra := sorted(set(data) - {"events"}):
+            return _invalid(extra[0], "unexpected field")
+        events = data["events"]
+    if len(events) > max_events:
+        return _invalid("events", f"at most {max_events} events per batch, got {len(events)}")
+    return events
+
+
+def _invalid(field: str, message: str) -> JSON:
+    return JSON(error_body(f"{field}: {message}", field), 422)
+
+
+@router.get("", response_model=EventPage, dependencies=[Depends(collector)])
+async def list_feedback(
+    store: Store,
+    kind: Literal["thumbs", "rating", "pairwise", "comment"] | None = None,
+    user_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
+    history: Annotated[bool, Query(description="Every event, not only current values.")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JSON:
+    """Current feedback values (or with ``history`` every event), oldest first, paginated."""
+    items, next_cursor = await run_in_threadpool(
+        store.list_events, kind, user_id, limit=limit, cursor=cursor, history=history
+    )
+    return JSON({"items": items, "next_cursor": next_cursor})
