@@ -194,12 +194,17 @@ def item_stances(table: UserTable, members: np.ndarray) -> tuple[list[dict], lis
             bucket.append(
                 {
                     "trait": name,
-                    "text": table.item_labels.get(name, name),
+                    "text": _short(table.item_labels.get(name, name)),
                     "weight": round(float(mean_in[j]), 4),
                     "vs_overall": round(float(diff[j]), 4),
                 }
             )
     return out
+
+
+def _short(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def trait_phrase(trait: str, positive: bool) -> str:

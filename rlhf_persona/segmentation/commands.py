@@ -16,27 +16,26 @@ app = typer.Typer(
 
 ConfigPath = typer.Argument(None, help="Experiment config YAML (configs/*.yaml).")
 SetOption = typer.Option(None, "--set", help="Override a config value: KEY.SUB=VALUE.")
-StoreOption = typer.Option(
-    None, "--store", help="Store URL or SQLite path (default: the config's store)."
+DbOption = typer.Option(
+    None,
+    "--db",
+    help="Feedback store: URL or SQLite path (default: the config's store.url, else "
+    "$RLHF_PERSONA_DATABASE_URL, else ./feedback.db).",
 )
 SegmenterDir = typer.Argument(..., help="Folder of a saved segmenter (written by `segment fit`).")
 
 
-def _open_store(cfg, store: str | None):
+def _open_store(cfg, db: str | None):
     from rlhf_persona.feedback import FeedbackStore
 
-    if store is not None:
-        return FeedbackStore(store)
-    from rlhf_persona.feedback import store_url
-
-    return FeedbackStore(store_url(cfg))
+    return FeedbackStore(db if db is not None else cfg.store.url)
 
 
 @app.command("fit")
 def fit(
     config: Path | None = ConfigPath,
     overrides: list[str] | None = SetOption,
-    store: str | None = StoreOption,
+    db: str | None = DbOption,
     run_id: str | None = typer.Option(
         None, help="Segmentation run id written with the assignments (default: run name)."
     ),
@@ -55,7 +54,7 @@ def fit(
     run_id = run_id or cfg.run.name
     out = out or cfg.run_dir / "segmenter" / run_id
     seg = fit_from_store(
-        _open_store(cfg, store), cfg.segmentation, run_id, previous, out, seed=cfg.run.seed
+        _open_store(cfg, db), cfg.segmentation, run_id, previous, out, seed=cfg.run.seed
     )
     typer.echo(f"{seg.n_users_} users → {len(seg.cards_)} segments (run {run_id}); saved to {out}")
     _print_cards(seg.cards_)
@@ -68,7 +67,7 @@ def assign(
         None, "--user", help="User id to assign (repeatable; default: every user in the store)."
     ),
     config: Path | None = typer.Option(None, help="Experiment config (for the store URL)."),
-    store: str | None = StoreOption,
+    db: str | None = DbOption,
     write: str | None = typer.Option(
         None, help="Also write the assignments to the store under this segmentation run id."
     ),
@@ -83,7 +82,7 @@ def assign(
 
     seg = Segmenter.load(segmenter_dir)
     cfg = load_config(config)
-    db = _open_store(cfg, store)
+    db = _open_store(cfg, db)
     table = user_table_from_store(
         db,
         seg.featurizer_.behaviour_mode_,

@@ -21,7 +21,8 @@ from rlhf_persona.errors import UserError
 from rlhf_persona.segmentation.features import (
     BehaviourMode,
     UserTable,
-    estimate_preferences,
+    feature_stats,
+    preference_directions,
     vote_matrix,
 )
 
@@ -93,15 +94,9 @@ def _features_table(ids, profiles, events, stats, alpha, embed) -> UserTable:
             [interests[r] for r in rows],
             embed=embed,
         )
-    if stats is None:
-        seen = np.vstack([feats, other[pair]])
-        sd = seen.std(axis=0)
-        stats = {"mean": seen.mean(axis=0).tolist(), "scale": np.where(sd > 1e-6, sd, 1.0).tolist()}
-    mean, scale = np.asarray(stats["mean"]), np.asarray(stats["scale"])
-    # Absolute judgements see the reply's standardised features; a choice sees the difference.
-    x = np.where(pair[:, None], (feats - other) / scale, (feats - mean) / scale)
+    stats = stats or feature_stats(np.vstack([feats, other[pair]]))
     y = np.array([_signal(e) for e in events])
-    weights = estimate_preferences(user_idx, x, y, ~pair, len(ids), alpha)
+    weights = preference_directions(user_idx, feats, other, pair, y, len(ids), stats, alpha)
     n_feedback = np.bincount(user_idx, minlength=len(ids))
     return UserTable(ids, profiles, weights, n_feedback, names, "features", stats)
 
@@ -114,17 +109,21 @@ def _interests(profile: dict) -> list[str] | None:
 def _items_table(ids, profiles, events) -> UserTable:
     index = {u: i for i, u in enumerate(ids)}
     items: dict[str, int] = {}
+    labels: dict[str, str] = {}
     user_idx, item_idx, values = [], [], []
     for e in events:
         if e["kind"] == "pairwise":
             continue  # a choice between two items is no vote on either
+        # The store's reply id names an item; plain event dicts fall back to the text.
+        key = str(e.get("reply_id") or e["reply"])
+        labels.setdefault(key, str(e.get("reply") or key))
         user_idx.append(index[str(e["user_id"])])
-        item_idx.append(items.setdefault(str(e["reply"]), len(items)))
+        item_idx.append(items.setdefault(key, len(items)))
         values.append(_signal(e))
     u, it = np.array(user_idx, dtype=np.int64), np.array(item_idx, dtype=np.int64)
     votes = vote_matrix(u, it, np.array(values, dtype=np.float64), len(ids), len(items))
     n_feedback = np.bincount(u, minlength=len(ids)) if len(u) else np.zeros(len(ids), np.int64)
-    return UserTable(ids, profiles, votes, n_feedback, list(items), "items")
+    return UserTable(ids, profiles, votes, n_feedback, list(items), "items", item_labels=labels)
 
 
 def user_table_from_store(

@@ -143,6 +143,31 @@ def estimate_preferences(
     return weights[:, :f].astype(np.float32)
 
 
+def feature_stats(features: np.ndarray) -> dict:
+    """Mean and scale (SD; 1 for constant features) of reply features, as JSON-able lists."""
+    sd = features.std(axis=0)
+    return {"mean": features.mean(axis=0).tolist(), "scale": np.where(sd > 1e-6, sd, 1.0).tolist()}
+
+
+def preference_directions(
+    user_index: np.ndarray,
+    features: np.ndarray,
+    other_features: np.ndarray,
+    pairwise: np.ndarray,
+    signal: np.ndarray,
+    n_users: int,
+    stats: dict,
+    alpha: float = 5.0,
+) -> np.ndarray:
+    """Each user's preference weights over standardised reply features (see
+    :func:`estimate_preferences`). Absolute judgements (thumbs, ratings) see the reply's
+    features; a pairwise choice sees the difference between the two replies' features."""
+    mean, scale = np.asarray(stats["mean"]), np.asarray(stats["scale"])
+    pairwise = np.asarray(pairwise, dtype=bool)
+    x = np.where(pairwise[:, None], (features - other_features) / scale, (features - mean) / scale)
+    return estimate_preferences(user_index, x, signal, ~pairwise, n_users, alpha)
+
+
 def vote_matrix(
     user_index: np.ndarray, item_index: np.ndarray, values: np.ndarray, n_users: int, n_items: int
 ) -> np.ndarray:
@@ -324,16 +349,26 @@ class UserFeaturizer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, table: UserTable, y=None):
+        self.fit_blocks(table)
+        return self
+
+    def fit_transform(self, table: UserTable, y=None) -> np.ndarray:
+        return self.stack(self.fit_blocks(table))
+
+    def fit_blocks(self, table: UserTable) -> dict[str, np.ndarray | None]:
+        """Fit both blocks and return them unweighted (``None`` for an unusable block)."""
         self.schema_ = infer_profile_schema(table.profiles)
-        self.profile_ = None
+        self.profile_, profile = None, None
         if self.schema_:
             pipe = build_profile_pipeline(self.schema_)
-            pipe.fit(profile_frame(table.profiles, self.schema_))
+            profile = pipe.fit_transform(profile_frame(table.profiles, self.schema_))
             if pipe.named_steps["block"].scale_ > 0:  # every user alike: carries no information
                 self.profile_ = pipe
+            else:
+                profile = None
         self.behaviour_names_ = list(table.behaviour_names)
         self.behaviour_mode_ = table.behaviour_mode
-        self.behaviour_ = None
+        self.behaviour_, behaviour = None, None
         rated = table.n_feedback > 0
         if table.behaviour.shape[1] and rated.any():
             pipe = build_behaviour_pipeline(
@@ -342,8 +377,9 @@ class UserFeaturizer(TransformerMixin, BaseEstimator):
             pipe.fit(table.behaviour[rated])  # users without feedback say nothing about spread
             if pipe.named_steps["block"].scale_ > 0:
                 self.behaviour_ = pipe
+                behaviour = pipe.transform(table.behaviour)
         self.blocks_ = self._usable_blocks(table)
-        return self
+        return {"profile": profile, "behaviour": behaviour}
 
     def _usable_blocks(self, table: UserTable) -> list[str]:
         wanted = ["profile", "behaviour"] if self.features == "both" else [self.features]
@@ -372,10 +408,20 @@ class UserFeaturizer(TransformerMixin, BaseEstimator):
             return None
         return self.behaviour_.transform(table.aligned_behaviour(self.behaviour_names_))
 
+    def transform_blocks(
+        self, table: UserTable, which: tuple[str, ...] = ("profile", "behaviour")
+    ) -> dict[str, np.ndarray | None]:
+        """The unweighted blocks named in ``which`` (others None)."""
+        return {
+            "profile": self.transform_profile(table) if "profile" in which else None,
+            "behaviour": self.transform_behaviour(table) if "behaviour" in which else None,
+        }
+
+    def stack(self, blocks: dict[str, np.ndarray | None]) -> np.ndarray:
+        """The clustering matrix from unweighted blocks: the used ones, weighted, side by side."""
+        weight = {"profile": self.profile_weight, "behaviour": self.behaviour_weight}
+        parts = [blocks[b] * np.float32(weight[b]) for b in self.blocks_]
+        return np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
+
     def transform(self, table: UserTable) -> np.ndarray:
-        blocks = []
-        if "profile" in self.blocks_:
-            blocks.append(self.transform_profile(table) * np.float32(self.profile_weight))
-        if "behaviour" in self.blocks_:
-            blocks.append(self.transform_behaviour(table) * np.float32(self.behaviour_weight))
-        return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
+        return self.stack(self.transform_blocks(table, tuple(self.blocks_)))

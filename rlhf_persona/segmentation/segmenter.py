@@ -106,11 +106,13 @@ class Segmenter(BaseEstimator):
             behaviour_weight=self.behaviour_weight,
             behaviour_components=self.behaviour_components,
             random_state=self.random_state,
-        ).fit(table)
+        )
+        blocks = self.featurizer_.fit_blocks(table)
+        X_all = self.featurizer_.stack(blocks)
         fit_rows = self._fit_rows(table)
         self._check_enough_users(int(fit_rows.sum()), with_feedback=len(table))
         fit_table = table.subset(fit_rows)
-        X = self.featurizer_.transform(fit_table)
+        X = X_all[fit_rows]
         if self.k is None:
             self.k_, self.silhouette_ = choose_k(X, tuple(self.k_range), self.random_state)
         else:
@@ -124,10 +126,13 @@ class Segmenter(BaseEstimator):
         self.segment_ids_ = self._segment_ids(fit_table, labels, previous)
         # Cold-start prior: the clusters' shares among the users that shaped them.
         self.prior_ = np.bincount(labels, minlength=len(centroids)) / len(labels)
-        self.classifier_ = self._fit_classifier(fit_table, self.segment_ids_[labels])
+        profile = blocks["profile"]
+        self.classifier_ = self._fit_classifier(
+            None if profile is None else profile[fit_rows], self.segment_ids_[labels]
+        )
         self.behaviour_stats_ = table.behaviour_stats
         self.n_users_ = len(table)
-        self.labels_ = self.assign(table)[0]
+        self.labels_ = self._assign(X_all, profile, table)[0]
         ids, counts = np.unique(self.labels_, return_counts=True)
         self.sizes_ = dict(zip(ids.tolist(), counts.tolist(), strict=True))
         self.cards_ = self._build_cards(table, self.labels_)
@@ -172,13 +177,12 @@ class Segmenter(BaseEstimator):
             return np.arange(n)
         return np.sort(np.random.default_rng(self.random_state).choice(n, size, replace=False))
 
-    def _fit_classifier(self, table: UserTable, segments: np.ndarray):
+    def _fit_classifier(self, profile: np.ndarray | None, segments: np.ndarray):
         """Profile → segment, for cold-start users (None without profile data or one segment)."""
-        if self.featurizer_.profile_ is None or len(np.unique(segments)) < 2:
+        if profile is None or len(np.unique(segments)) < 2:
             return None
-        idx = self._sample(len(table), CLASSIFIER_SAMPLE)
-        P = self.featurizer_.transform_profile(table.subset(idx))
-        return LogisticRegression(C=1.0, max_iter=1000).fit(P, segments[idx])
+        idx = self._sample(len(profile), CLASSIFIER_SAMPLE)
+        return LogisticRegression(C=1.0, max_iter=1000).fit(profile[idx], segments[idx])
 
     def _build_cards(self, table: UserTable, segments: np.ndarray) -> list[SegmentCard]:
         idx = self._sample(len(table), CARD_SAMPLE)
@@ -198,32 +202,36 @@ class Segmenter(BaseEstimator):
         feedback yet are cold-start: the profile classifier's probabilities (or the clusters'
         shares when there is no profile) decide.
         """
-        _, sq = nearest(self.transform(table), self.centroids_)
+        f = self.featurizer_
+        blocks = f.transform_blocks(table)
+        return self._assign(f.stack(blocks), blocks["profile"], table)
+
+    def _assign(self, X: np.ndarray, profile: np.ndarray | None, table: UserTable):
+        _, sq = nearest(X, self.centroids_)
         proba = gaussian_posterior(sq, self.sigma2_)
         cold = table.n_feedback == 0
         if "behaviour" in self.featurizer_.blocks_ and cold.any():
-            proba[cold] = self._cold_proba(table.subset(cold))
+            has_profile = np.array([bool(p) for p in table.profiles])[cold]
+            proba[cold] = self._cold_proba(None if profile is None else profile[cold], has_profile)
         best = proba.argmax(axis=1)
         return self.segment_ids_[best], proba.max(axis=1).astype(np.float32)
 
     def predict(self, table: UserTable) -> np.ndarray:
         return self.assign(table)[0]
 
-    def _cold_proba(self, table: UserTable) -> np.ndarray:
+    def _cold_proba(self, profile: np.ndarray | None, has_profile: np.ndarray) -> np.ndarray:
         """Cold-start probabilities over clusters (columns in centroid order)."""
-        prior = np.tile(self.prior_, (len(table), 1))
-        if self.classifier_ is None:
+        prior = np.tile(self.prior_, (len(has_profile), 1))
+        if self.classifier_ is None or profile is None:
             return prior
-        P = self.featurizer_.transform_profile(table)
         col = {int(c): j for j, c in enumerate(self.classifier_.classes_)}
-        proba = self.classifier_.predict_proba(P)
+        proba = self.classifier_.predict_proba(profile)
         out = np.zeros_like(prior)
         for j, seg in enumerate(self.segment_ids_):
             if int(seg) in col:
                 out[:, j] = proba[:, col[int(seg)]]
         # Users with no profile at all carry no evidence: the segment shares are the best guess.
-        empty = np.array([not p for p in table.profiles])
-        out[empty] = prior[empty]
+        out[~has_profile] = prior[~has_profile]
         return out
 
     # --- persistence -------------------------------------------------------------------------
