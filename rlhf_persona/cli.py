@@ -64,6 +64,10 @@ def _mount_subapps() -> None:
 
     app.command("simulate")(simulate)
 
+    from rlhf_persona.segmentation.commands import app as segment_app
+
+    app.add_typer(segment_app, name="segment")  # fit, assign, show
+
 
 _mount_subapps()
 
