@@ -118,6 +118,20 @@ class _Sql:
             out.extend(self.run(sql.format(marks=marks), tuple(params)).fetchall())
         return out
 
+    def insert_values(self, sql: str, rows: list[tuple]) -> list[tuple]:
+        """A multi-row ``INSERT ... VALUES {marks} ... RETURNING``, in chunks; returns the
+        returned rows (``executemany`` cannot return rows through every driver)."""
+        out: list[tuple] = []
+        if not rows:
+            return out
+        one = "(" + ",".join("?" * len(rows[0])) + ")"
+        step = max(1, 9000 // len(rows[0]))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            params = tuple(v for row in chunk for v in row)
+            out.extend(self.run(sql.format(marks=",".join([one] * len(chunk))), params).fetchall())
+        return out
+
     def ts(self, value: datetime) -> Any:
         # The same text format SQLAlchemy's SQLite DateTime writes and reads back.
         return (
@@ -230,24 +244,39 @@ def _write(store: FeedbackStore, sql: _Sql, items: list[_Item], results: list, c
     if not items:
         return
     _insert_replies(sql, items)
-    received = sql.ts(utcnow())
-    sql.many(
-        "INSERT INTO feedback_events (event_id, user_pk, kind, reply_pk, other_reply_pk, value,"
-        " reason_tags, comment, created_at, received_at, payload_hash)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING",
-        [
-            (it.ev.event_id, it.user_pk, it.ev.kind, it.reply_pk, it.other_pk, it.ev.value,
-             sql.json(it.ev.reason_tags or None), it.comment, sql.ts(it.created_at), received,
-             it.payload_hash)
-            for it in items
-        ],
-    )  # fmt: skip
+    items = _insert_events(sql, items, results, fail)
     statuses = _update_current(sql, items)
     for it in items:
         status, message = statuses[it.index]
         results[it.index] = EventResult(
             it.ev.event_id, status, message, reply_id=it.reply_id, other_reply_id=it.other_reply_id
         )
+
+
+def _insert_events(sql: _Sql, items: list[_Item], results: list, fail) -> list[_Item]:
+    """Insert the events; returns those actually inserted. A concurrent writer may have stored
+    the same event id in the meantime (PostgreSQL): that one is answered like a retry."""
+    received = sql.ts(utcnow())
+    rows = [
+        (it.ev.event_id, it.user_pk, it.ev.kind, it.reply_pk, it.other_pk, it.ev.value,
+         sql.json(it.ev.reason_tags or None), it.comment, sql.ts(it.created_at), received,
+         it.payload_hash)
+        for it in items
+    ]  # fmt: skip
+    inserted = {
+        event_id
+        for (event_id,) in sql.insert_values(
+            "INSERT INTO feedback_events (event_id, user_pk, kind, reply_pk, other_reply_pk,"
+            " value, reason_tags, comment, created_at, received_at, payload_hash) VALUES {marks}"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            rows,
+        )
+    }
+    if len(inserted) == len(items):
+        return items
+    lost = [it for it in items if it.ev.event_id not in inserted]
+    _drop_seen(sql, lost, results, fail)  # answers each as duplicate or conflict
+    return [it for it in items if it.ev.event_id in inserted]
 
 
 def _user_pks(sql: _Sql, ids: list[str]) -> dict[str, int]:

@@ -351,6 +351,17 @@ class FeedbackStore:
             raise Gone(f"user {user_id!r} was deleted", "user_id")
         return row
 
+    @staticmethod
+    def _user_pks(conn: sa.Connection, ids: list[str]) -> dict[str, int]:
+        """user_id -> pk, negative for deleted users."""
+        out: dict[str, int] = {}
+        for chunk in _chunks(ids):
+            query = sa.select(users.c.id, users.c.user_id, users.c.deleted_at).where(
+                users.c.user_id.in_(chunk)
+            )
+            out.update({r.user_id: -r.id if r.deleted_at else r.id for r in conn.execute(query)})
+        return out
+
     def _tombstoned(self, conn: sa.Connection, hashes: list[str]) -> set[str]:
         found: set[str] = set()
         for chunk in _chunks(hashes):
@@ -673,7 +684,7 @@ class FeedbackStore:
             uid, seg, conf = (tuple(row) + (None,))[:3]
             parsed.append((str(uid), int(seg), None if conf is None else float(conf)))
         with self._writer.begin() as conn:
-            pks = self._user_pks(conn, sorted({uid for uid, _, _ in parsed}))
+            pks = self._user_pks(conn, sorted({uid for uid, _, _ in parsed}))  # <0: deleted
             for uid, _, _ in parsed:
                 if pks.get(uid, -1) < 0:
                     raise (Gone if uid in pks else NotFound)(f"no live user {uid!r}", "user_id")

@@ -1,0 +1,240 @@
+"""The HTTP API under a real uvicorn process on loopback, against a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from feedback_helpers import HASH_KEY, event
+
+from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.feedback.testing import ServiceProcess
+
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    db = tmp_path_factory.mktemp("service") / "feedback.db"
+    with FeedbackStore(db, hash_key=HASH_KEY) as store:
+        keys = {role: store.create_api_key(role) for role in ("collector", "admin")}
+    env = {"RLHF_PERSONA_HASH_KEY": HASH_KEY, "RLHF_PERSONA_MAX_BODY_BYTES": str(MAX_BODY),
+           "RLHF_PERSONA_MAX_BATCH_EVENTS": "100"}  # fmt: skip
+    with ServiceProcess(f"sqlite:///{db}", env=env) as proc:
+        proc.keys = keys
+        proc.db = db
+        yield proc
+    assert "Traceback" not in proc.log(), proc.log()  # no unhandled error during the tests
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with httpx.Client(base_url=service.base_url, timeout=30) as c:
+        c.headers["X-API-Key"] = service.keys["collector"]
+        yield c
+
+
+@pytest.fixture(scope="module")
+def admin_headers(service):
+    return {"X-API-Key": service.keys["admin"]}
+
+
+def _user(client, user_id, **profile):
+    resp = client.post("/v1/users", json={"user_id": user_id, "profile": profile})
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+def test_users_create_read_update_list(client):
+    created = client.post("/v1/users", json={"user_id": "svc-u1", "profile": {"age_band": "25-34"}})
+    assert created.status_code == 201
+    assert client.post("/v1/users", json={"user_id": "svc-u1"}).status_code == 200
+    patched = client.patch("/v1/users/svc-u1", json={"profile": {"region": "eu"}})
+    assert patched.json()["profile"] == {"age_band": "25-34", "region": "eu"}
+    by_ext = client.post("/v1/users", json={"external_id": "crm-42", "profile": {}})
+    assert by_ext.status_code == 201 and by_ext.json()["user_id"].startswith("u_")
+    for i in range(3):
+        _user(client, f"svc-page-{i}")
+    ids, cursor = [], None
+    while True:
+        page = client.get(
+            "/v1/users", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+        )
+        assert page.status_code == 200
+        ids += [u["user_id"] for u in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert {"svc-u1", "svc-page-0", "svc-page-2"} <= set(ids) and len(ids) == len(set(ids))
+
+
+def test_feedback_idempotency_vote_change_and_db_rows(client, service):
+    _user(client, "svc-voter")
+    first = client.post("/v1/feedback", json=event("svc-e1", user_id="svc-voter"))
+    retry = client.post("/v1/feedback", json=event("svc-e1", user_id="svc-voter"))
+    change = client.post("/v1/feedback", json=event("svc-e2", user_id="svc-voter", value=-1))
+    assert (first.status_code, first.json()["status"]) == (201, "created")
+    assert (retry.status_code, retry.json()["status"]) == (200, "duplicate")
+    assert retry.json()["reply_id"] == first.json()["reply_id"]
+    assert (change.status_code, change.json()["status"]) == (201, "updated")
+    listed = client.get("/v1/feedback", params={"user_id": "svc-voter"}).json()["items"]
+    assert [(e["event_id"], e["value"]) for e in listed] == [("svc-e2", -1)]
+    history = client.get("/v1/feedback", params={"user_id": "svc-voter", "history": True})
+    assert [e["event_id"] for e in history.json()["items"]] == ["svc-e1", "svc-e2"]
+    with FeedbackStore(service.db, hash_key=HASH_KEY) as store:  # the rows in the database
+        rows = store.events(user_id="svc-voter", history=True)
+    assert [(e["event_id"], e["value"]) for e in rows] == [("svc-e1", 1), ("svc-e2", -1)]
+
+
+def test_batch_gives_one_result_per_event(client):
+    _user(client, "svc-batch")
+    reply = client.post("/v1/replies", json={"prompt": "Q?", "reply": "A.", "policy": "base",
+                                             "user_id": "svc-batch"})  # fmt: skip
+    assert reply.status_code == 201
+    rid = reply.json()["reply_id"]
+    events = [
+        event("svc-b1", user_id="svc-batch"),
+        {"event_id": "svc-b2", "user_id": "svc-batch", "kind": "rating", "reply_id": rid,
+         "value": 4},
+        event("svc-b3", user_id="svc-batch", kind="rating", value=11),
+        event("svc-b4", user_id="svc-nobody"),
+        event("svc-b1", user_id="svc-batch"),
+    ]  # fmt: skip
+    resp = client.post("/v1/feedback/batch", json={"events": events})
+    assert resp.status_code == 200
+    results = resp.json()["results"]
+    assert [r["status"] for r in results] == ["created", "created", "error", "error", "duplicate"]
+    assert (results[2]["field"], results[2]["code"]) == ("value", 422)
+    assert (results[3]["field"], results[3]["code"]) == ("user_id", 404)
+    assert resp.json()["counts"] == {"created": 2, "error": 2, "duplicate": 1}
+
+
+def _error(resp, status, field=None, words=()):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    if field is not None:
+        assert body["field"] == field, body
+    for word in words:
+        assert word in body["detail"], body
+    return body
+
+
+def test_401_without_or_with_a_wrong_key(service):
+    url = service.base_url + "/v1/users/x"
+    _error(httpx.get(url), 401, words=["X-API-Key"])
+    _error(httpx.get(url, headers={"X-API-Key": "rp_wrong"}), 401, words=["invalid"])
+
+
+def test_403_collector_may_not_delete_or_export(client, admin_headers):
+    _user(client, "svc-del")
+    _error(client.delete("/v1/users/svc-del"), 403, words=["admin"])
+    _error(client.get("/v1/export/preference"), 403, words=["admin"])
+    assert client.get("/v1/export/preference", headers=admin_headers).status_code == 200
+
+
+def test_404_unknown_ids(client):
+    _error(client.get("/v1/users/svc-ghost"), 404, "user_id", ["svc-ghost"])
+    _error(client.get("/v1/replies/r_ghost"), 404, "reply_id")
+    _user(client, "svc-404")
+    by_id = {"event_id": "svc-404a", "user_id": "svc-404", "kind": "thumbs",
+             "reply_id": "r_ghost", "value": 1}  # fmt: skip
+    _error(client.post("/v1/feedback", json=by_id), 404, "reply_id")
+    _error(client.post("/v1/feedback", json=event("svc-404b", user_id="svc-ghost")), 404, "user_id")
+
+
+def test_410_deleted_user_and_409_reused_event_id(client, admin_headers):
+    _user(client, "svc-gone")
+    assert client.post("/v1/feedback", json=event("svc-g1", user_id="svc-gone")).status_code == 201
+    _error(client.post("/v1/feedback", json=event("svc-g1", user_id="svc-gone", value=-1)), 409,
+           "event_id")  # fmt: skip
+    deleted = client.delete("/v1/users/svc-gone", headers=admin_headers)
+    assert deleted.status_code == 200 and deleted.json()["removed"]["events"] == 1
+    _error(client.get("/v1/users/svc-gone"), 410, "user_id")
+    _error(client.post("/v1/users", json={"user_id": "svc-gone"}), 410, "user_id")
+
+
+def test_413_oversized_bodies(client):
+    big = {"events": [event("svc-big", comment="x" * 4000)] * 40}
+    _error(client.post("/v1/feedback/batch", json=big), 413, words=["limit"])
+
+    def chunks():  # no Content-Length: the limit applies while streaming
+        for _ in range(20):
+            yield b"x" * 8192
+
+    _error(client.post("/v1/feedback/batch", content=chunks(),
+                       headers={"Content-Type": "application/json"}), 413)  # fmt: skip
+
+
+def test_422_names_the_field(client):
+    _user(client, "svc-422")
+    _error(client.post("/v1/feedback", json=event("svc-v", user_id="svc-422", value=3)), 422,
+           "value")  # fmt: skip
+    _error(client.post("/v1/feedback", json=event("svc-k", user_id="svc-422", kind="stars")), 422,
+           "kind")  # fmt: skip
+    no_reply = {"event_id": "svc-r", "user_id": "svc-422", "kind": "thumbs", "value": 1}
+    _error(client.post("/v1/feedback", json=no_reply), 422, "reply")
+    pair = event("svc-p", user_id="svc-422", kind="pairwise")
+    _error(client.post("/v1/feedback", json=pair), 422, "other_reply")
+    _error(client.post("/v1/users", json={"user_id": "bad id!"}), 422, "user_id")
+    _error(client.post("/v1/users", json={"profile": {"n": "a\x00b"}}), 422, "profile")
+    _error(client.post("/v1/feedback", content=b"{not json",
+                       headers={"Content-Type": "application/json"}), 422, "body")  # fmt: skip
+    _error(client.post("/v1/feedback/batch", json={"events": 3}), 422, "events")
+    too_many = {"events": [event(f"svc-m{i}", user_id="svc-422") for i in range(101)]}
+    _error(client.post("/v1/feedback/batch", json=too_many), 422, "events")
+    _error(client.get("/v1/users", params={"limit": 0}), 422, "limit")
+    _error(client.get("/v1/users", params={"cursor": "garbage"}), 422, "cursor")
+
+
+NASTY_BODIES = [
+    b"", b"null", b"[]", b'"x"', b"{}", b"1e999", b'{"event_id": NaN}',
+    b'{"event_id":"n1","user_id":"svc-nasty","kind":"thumbs","prompt":"\\ud800","reply":"r",'
+    b'"value":1}',
+    b'{"event_id":"n2","user_id":"svc-nasty","kind":"rating","prompt":"p","reply":"r",'
+    b'"value":99999999999999999999999}',
+    b'{"event_id":"n3","user_id":"svc-nasty","kind":"thumbs","prompt":"p","reply":"r",'
+    b'"value":1,"created_at":"not a date"}',
+    b'{"event_id":"n4","user_id":"svc-nasty","kind":"thumbs","prompt":"p","reply":"r",'
+    b'"value":true,"reason_tags":[[[]]]}',
+    b'{"events":[{"a":' * 50 + b"1" + b"}]}" * 50,
+]  # fmt: skip
+
+
+def test_no_input_gives_a_500(client):
+    _user(client, "svc-nasty")
+    for body in NASTY_BODIES:
+        for path in ("/v1/feedback", "/v1/feedback/batch", "/v1/users", "/v1/replies"):
+            resp = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert resp.status_code < 500, (path, body, resp.text)
+            assert resp.headers["content-type"].startswith("application/json")
+    for path in ("/v1/users/%00", "/v1/users/" + "x" * 300, "/v1/feedback?kind=x&limit=-1"):
+        assert client.get(path).status_code < 500
+
+
+def test_concurrent_single_posts_are_all_stored(client, service):
+    _user(client, "svc-conc")
+
+    async def post_all():
+        async with httpx.AsyncClient(base_url=service.base_url, headers=client.headers) as ac:
+            return await asyncio.gather(*(
+                ac.post("/v1/feedback", json=event(f"svc-c{i}", user_id="svc-conc",
+                                                    reply=f"Reply {i}."))
+                for i in range(64)))  # fmt: skip
+
+    codes = [r.status_code for r in asyncio.run(post_all())]
+    assert codes == [201] * 64
+    with FeedbackStore(service.db, hash_key=HASH_KEY) as store:
+        assert len(store.events(user_id="svc-conc")) == 64
+
+
+def test_openapi_docs(service):
+    assert httpx.get(service.base_url + "/docs").status_code == 200
+    spec = httpx.get(service.base_url + "/openapi.json").json()
+    assert {"/v1/feedback", "/v1/feedback/batch", "/v1/users/{user_id}"} <= set(spec["paths"])
+    batch = spec["paths"]["/v1/feedback/batch"]["post"]["requestBody"]["content"]
+    assert batch["application/json"]["schema"]["properties"]["events"]["items"]["$ref"].endswith(
+        "FeedbackEventIn"
+    )
+    assert "FeedbackEventIn" in spec["components"]["schemas"]

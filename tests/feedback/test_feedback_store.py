@@ -1,0 +1,240 @@
+"""Store semantics on SQLite and on a real PostgreSQL: migrations, idempotency, vote changes
+with history, pairwise rules, deletion with tombstones, PII masking, segments."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from feedback_helpers import event
+
+from rlhf_persona.feedback import migrate
+from rlhf_persona.feedback.db import make_engine
+from rlhf_persona.feedback.errors import Conflict, Gone, NotFound
+from rlhf_persona.feedback.models import metadata
+from rlhf_persona.feedback.schemas import reply_id_for
+from rlhf_persona.feedback.store import FeedbackStore
+
+
+def test_migrations_upgrade_match_models_and_downgrade(db_url):
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        with engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), metadata
+            )
+            assert diff == []  # the migrations create exactly the models' schema
+        migrate.downgrade(engine, "base")
+        assert migrate.current_revision(engine) is None
+        tables = set(sa.inspect(engine).get_table_names()) - {"alembic_version"}
+        assert tables == set()
+        migrate.upgrade(engine)  # and back up again
+        assert "feedback_events" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_same_event_twice_is_stored_once_and_answered_the_same(store):
+    store.upsert_user("alice")
+    first = store.record_events([event("e1", comment="nice")])[0]
+    again = store.record_events([event("e1", comment="nice")])[0]
+    assert first.status == "created"
+    assert again.status == "duplicate"
+    assert again.reply_id == first.reply_id
+    # within one batch, too
+    toast = event("e2", value=-1, reply="Toast.")
+    both = store.record_events([toast, dict(toast)])
+    assert [r.status for r in both] == ["created", "duplicate"]
+    assert store.counts()["events"] == 2
+    # the same id for different content is a conflict, not an overwrite
+    clash = store.record_events([event("e1", value=-1)])[0]
+    assert (clash.status, clash.code, clash.field) == ("error", 409, "event_id")
+    assert store.events()[0]["value"] == 1
+
+
+def test_vote_change_updates_current_value_and_keeps_history(store):
+    store.upsert_user("alice")
+    assert store.record_events([event("v1", value=1)])[0].status == "created"
+    assert store.record_events([event("v2", value=-1)])[0].status == "updated"
+    current = store.events("thumbs")
+    assert [(e["event_id"], e["value"]) for e in current] == [("v2", -1)]
+    history = store.events("thumbs", history=True)
+    assert [(e["event_id"], e["value"]) for e in history] == [("v1", 1), ("v2", -1)]
+    # an event older than the current value goes to the history only
+    old = store.record_events([event("v0", value=1, created_at="2001-01-01T00:00:00Z")])[0]
+    assert old.status == "created" and "older" in old.message
+    assert [e["value"] for e in store.events("thumbs")] == [-1]
+    # a rating on the same reply is another kind: its own current value
+    store.record_events([event("r1", kind="rating", value=4)])
+    assert sorted(e["kind"] for e in store.events()) == ["rating", "thumbs"]
+
+
+def test_pairwise_needs_two_replies_to_the_same_prompt(store):
+    store.upsert_user("alice")
+    ok = store.record_events([event("p1", kind="pairwise", other_reply="Pancakes.", value=-1)])[0]
+    assert ok.status == "created" and ok.other_reply_id
+    other_prompt = store.add_reply("What is a good dinner?", "Soup.")
+    bad = store.record_events([{"event_id": "p2", "user_id": "alice", "kind": "pairwise",
+                                "reply_id": ok.reply_id, "other_reply_id": other_prompt,
+                                "value": 1}])[0]  # fmt: skip
+    assert (bad.status, bad.code, bad.field) == ("error", 422, "other_reply_id")
+    assert "same prompt" in bad.message
+    missing = store.record_events([event("p3", kind="pairwise", value=1)])[0]
+    assert (missing.code, missing.field) == (422, "other_reply")
+    unknown = store.record_events([{"event_id": "p4", "user_id": "alice", "kind": "pairwise",
+                                    "reply_id": ok.reply_id, "other_reply_id": "r_missing",
+                                    "value": 1}])[0]  # fmt: skip
+    assert (unknown.code, unknown.field) == (404, "other_reply_id")
+    # B-vs-A by the same user is the same choice as A-vs-B: it updates, it does not add
+    flip = {"event_id": "p5", "user_id": "alice", "kind": "pairwise", "reply_id": ok.other_reply_id,
+            "other_reply_id": ok.reply_id, "value": 1}  # fmt: skip
+    assert store.record_events([flip])[0].status == "updated"
+    assert len(store.events("pairwise")) == 1
+
+
+def test_batch_answers_each_event_and_stores_only_the_valid_ones(store):
+    store.upsert_user("alice")
+    results = store.record_events([
+        event("b1"),
+        event("b2", kind="rating", value=9, reply="Eggs."),
+        event("b3", user_id="nobody", reply="Eggs."),
+        {"event_id": "b4", "user_id": "alice", "kind": "thumbs", "value": 1},
+        event("b5", kind="rating", value=3, reply="Eggs."),
+        "not an event",
+    ])  # fmt: skip
+    assert [r.status for r in results] == ["created", "error", "error", "error", "created", "error"]
+    assert [(r.field, r.code) for r in results if r.status == "error"] == [
+        ("value", 422), ("user_id", 404), ("reply", 422), ("event", 422)]  # fmt: skip
+    assert store.counts()["events"] == 2
+    assert store.counts()["users"] == 1  # the unknown user was not created
+    # a failed event leaves no reply behind: only the two stored events' replies exist
+    assert store.counts()["replies"] == 2
+
+
+def test_reply_ids_are_content_ids_and_texts_are_deduplicated(store):
+    rid = store.add_reply("Q?", "A.", policy="base", segment=2, generation={"temperature": 0.7})
+    assert rid == reply_id_for("Q?", "A.")
+    assert store.add_reply("Q?", "A.", policy="other") == rid  # found again by content
+    assert store.get_reply(rid)["policy"] == "base"
+    store.upsert_user("alice")
+    by_id = event("y", reply_id=rid, prompt=None, reply=None, kind="rating", value=2)
+    store.record_events([event("x", prompt="Q?", reply="A."), by_id])
+    assert store.counts()["replies"] == 1
+    with pytest.raises(NotFound):
+        store.get_reply("r_000")
+
+
+def test_comments_are_masked_before_storage(store):
+    store.upsert_user("alice")
+    comment = "Mail me at jane.doe@example.org or call +44 20 7946 0958, see 2024-01-15 notes."
+    store.record_events([event("c1", kind="comment", value=None, comment=comment)])
+    stored = store.events("comment")[0]["comment"]
+    assert "jane.doe" not in stored and "7946" not in stored
+    assert stored == "Mail me at [email] or call [phone], see 2024-01-15 notes."
+    with store.engine.connect() as conn:  # nothing unmasked anywhere in the table
+        raw = conn.exec_driver_sql("SELECT comment FROM feedback_events").scalars().all()
+    assert all("example.org" not in text for text in raw)
+
+
+def test_external_ids_are_stored_only_as_keyed_hashes(store):
+    uid = store.upsert_user(external_id="jane@example.org", profile={"age_band": "25-34"})
+    assert uid.startswith("u_") and "jane" not in uid
+    assert store.upsert_user(external_id="jane@example.org") == uid  # stable pseudonym
+    other_key = FeedbackStore(store.url, hash_key="another-key")
+    try:
+        assert other_key.hasher.pseudonym("jane@example.org") != uid  # the hash is keyed
+    finally:
+        other_key.close()
+    with store.engine.connect() as conn:
+        dump = str(conn.exec_driver_sql("SELECT * FROM users").all())
+    assert "jane" not in dump
+    with pytest.raises(Conflict):
+        store.upsert_user("bob", external_id="jane@example.org")
+
+
+def test_delete_user_removes_feedback_and_tombstone_blocks_return(store):
+    store.upsert_user("alice", {"age_band": "18-24"})
+    store.upsert_user(external_id="bob-crm-17", profile={"age_band": "65+"})
+    bob = store.hasher.pseudonym("bob-crm-17")
+    store.record_events([event("a1"), event("b1", user_id=bob, value=-1)])
+    store.add_reply("Private question from Bob?", "Answer.", user_id=bob, conversation_id="c9")
+    store.write_segments("run1", [("alice", 0, 0.9), (bob, 1, 0.8)])
+
+    removed = store.delete_user(bob)
+    assert removed == {"events": 1, "segment_assignments": 1, "replies": 1}
+    assert [u["user_id"] for u in store.users()] == ["alice"]
+    assert [e["user_id"] for e in store.events()] == ["alice"]
+    assert store.current_segments() == {"alice": 0}
+    with store.engine.connect() as conn:
+        row = conn.exec_driver_sql(
+            "SELECT profile, external_id_hash FROM users WHERE user_id = ?"
+            if store.dialect == "sqlite"
+            else "SELECT profile::text, external_id_hash FROM users WHERE user_id = %s",
+            (bob,),
+        ).one()
+    assert row[1] is None and "65+" not in str(row[0])
+
+    # the tombstone keeps the user out: by user id, by external id, through record_events
+    with pytest.raises(Gone):
+        store.upsert_user(external_id="bob-crm-17")
+    with pytest.raises(Gone):
+        store.get_user(bob)
+    again = store.record_events([event("b2", user_id=bob)], create_users=True)[0]
+    assert (again.status, again.code) == ("error", 410)
+    assert store.is_deleted(external_id="bob-crm-17")
+    with pytest.raises(Gone):
+        store.delete_user(bob)
+
+
+def test_segments_latest_assignment_per_user(store):
+    for uid in ("a", "b", "c"):
+        store.upsert_user(uid)
+    store.write_segments("run1", [("a", 0, 0.5), ("b", 1, 0.6), ("c", 1, None)])
+    store.write_segments("run2", {"a": 2, "b": 0})
+    assert store.current_segments() == {"a": 2, "b": 0, "c": 1}
+    assert store.current_segments("run1") == {"a": 0, "b": 1, "c": 1}
+    assert store.get_user("a")["segment"] == 2
+    with pytest.raises(NotFound):
+        store.write_segments("run3", [("ghost", 0, 1.0)])
+
+
+def test_profiles_and_cursor_pagination(store):
+    for i in range(5):
+        store.upsert_user(f"u{i}", {"age_band": "18-24", "interests": ["tech", "music"]})
+    store.update_profile("u0", {"region": "eu", "age_band": None})
+    assert store.get_user("u0")["profile"] == {"interests": ["tech", "music"], "region": "eu"}
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list_users(limit=2, cursor=cursor)
+        seen += [u["user_id"] for u in page]
+        if cursor is None:
+            break
+    assert seen == [f"u{i}" for i in range(5)]
+
+
+def test_concurrent_writers_store_each_event_once(store):
+    """Threads racing the same events (client retries) end with one row per event id."""
+    store.upsert_user("alice")
+    events = [event(f"t{i}", reply=f"Reply {i}.", value=1 if i % 2 else -1) for i in range(200)]
+    errors = []
+
+    def worker():
+        try:
+            for start in range(0, 200, 50):
+                for result in store.record_events(events[start : start + 50]):
+                    assert result.status in ("created", "duplicate")
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.counts()["events"] == 200 and store.counts()["current"] == 200
