@@ -59,30 +59,52 @@ _EMOJI_RE = re.compile(
 )
 
 
-def _words_re(words: Sequence[str]) -> re.Pattern[str]:
-    # Longest first so "in addition" wins over any shorter overlapping marker.
-    alts = sorted((re.escape(w) for w in words), key=len, reverse=True)
-    return re.compile(r"\b(?:" + "|".join(alts) + r")\b", re.IGNORECASE)
-
-
-_FORMAL_RE = _words_re(styles.FORMAL_MARKERS)
-_CASUAL_RE = _words_re(styles.CASUAL_MARKERS)
-_ENTHUSIASTIC_RE = _words_re(styles.ENTHUSIASTIC_MARKERS)
 _BULLET_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
 _QUESTION_END_RE = re.compile(r"\?[\s\W]*$")  # "?" followed only by spaces/emoji/punctuation
-# keyword (or topic name) → topic, matched as whole words, case-insensitive.
-_KEYWORD_TOPIC: dict[str, str] = {}
+_WORD_RE = re.compile(r"[a-z]+")
+
+# One lexicon of lower-case word n-grams → what they mark: a register marker class or, for topic
+# keywords and topic names, the topic. Scanning n-grams of the lower-cased words is the same as
+# whole-word, case-insensitive matching, and one dict lookup per n-gram keeps it fast.
+_FORMAL, _CASUAL, _ENTHUSIASTIC = "<formal>", "<casual>", "<enthusiastic>"
+_LEXICON: dict[str, list[str]] = {}
+for _cls, _words in (
+    (_FORMAL, styles.FORMAL_MARKERS),
+    (_CASUAL, styles.CASUAL_MARKERS),
+    (_ENTHUSIASTIC, styles.ENTHUSIASTIC_MARKERS),
+):
+    for _w in _words:
+        _LEXICON.setdefault(_w.lower(), []).append(_cls)
+_KEYWORD_TOPIC: dict[str, str] = {}  # keyword or topic name → topic
 for _topic, _keywords in styles.TOPICS.items():
-    _KEYWORD_TOPIC[_topic] = _topic
-    for _kw in _keywords:
-        _KEYWORD_TOPIC[_kw] = _topic
-_TOPIC_WORD_RE = _words_re(tuple(_KEYWORD_TOPIC))
+    for _kw in (_topic, *_keywords):
+        _KEYWORD_TOPIC[_kw.lower()] = _topic
+        _LEXICON.setdefault(_kw.lower(), []).append(_kw.lower())
+_MAX_NGRAM = max(len(k.split()) for k in _LEXICON)
 _TOPIC_NAMES = frozenset(styles.TOPICS)
+
+
+def _scan(text: str) -> tuple[dict[str, int], set[str]]:
+    """Marker counts per class and the distinct topic words of ``text`` (one pass)."""
+    tokens = _WORD_RE.findall(text.lower())
+    counts = {_FORMAL: 0, _CASUAL: 0, _ENTHUSIASTIC: 0}
+    words: set[str] = set()
+    for n in range(1, _MAX_NGRAM + 1):
+        grams = (
+            tokens if n == 1 else [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        )
+        for gram in grams:
+            for tag in _LEXICON.get(gram, ()):
+                if tag in counts:
+                    counts[tag] += 1
+                else:
+                    words.add(tag)
+    return counts, words
 
 
 def topic_words(text: str) -> set[str]:
     """The distinct topic keywords and topic names (lower case) that ``text`` mentions."""
-    return {m.lower() for m in _TOPIC_WORD_RE.findall(text)}
+    return _scan(text)[1]
 
 
 def prompt_topics(prompt: str) -> set[str]:
@@ -90,16 +112,17 @@ def prompt_topics(prompt: str) -> set[str]:
     return {_KEYWORD_TOPIC[w] for w in topic_words(prompt)}
 
 
-def _style_row(reply: str) -> tuple[float, ...]:
-    """length, emoji, formality, enthusiasm, structure, question for one reply."""
+def _style_row(reply: str) -> tuple[tuple[float, ...], set[str]]:
+    """(length, emoji, formality, enthusiasm, structure, question) and the topic words."""
+    counts, words = _scan(reply)
     n_words = len(reply.split())
     length = math.log2(max(n_words, 1) / 8.0) / 3.0
     emoji = len(_EMOJI_RE.findall(reply)) / 3.0
-    formality = 0.5 + (len(_FORMAL_RE.findall(reply)) - len(_CASUAL_RE.findall(reply))) / 4.0
-    enthusiasm = (reply.count("!") + len(_ENTHUSIASTIC_RE.findall(reply))) / 4.0
+    formality = 0.5 + (counts[_FORMAL] - counts[_CASUAL]) / 4.0
+    enthusiasm = (reply.count("!") + counts[_ENTHUSIASTIC]) / 4.0
     structure = len(_BULLET_RE.findall(reply)) / 2.0
     question = 1.0 if _QUESTION_END_RE.search(reply) else 0.0
-    return length, emoji, formality, enthusiasm, structure, question
+    return (length, emoji, formality, enthusiasm, structure, question), words
 
 
 def _detail(prompt_words: set[str], reply_words: set[str]) -> float:
@@ -147,7 +170,7 @@ def reply_features(
         # Replies repeat across users (one reply shown to many users): measure each text once.
         cached = style_cache.get(reply)
         if cached is None:
-            cached = style_cache[reply] = (_style_row(reply), topic_words(reply))
+            cached = style_cache[reply] = _style_row(reply)
         style, reply_words = cached
         p_words = prompt_cache.get(prompt)
         if p_words is None:

@@ -9,6 +9,9 @@ may read it, never training code.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +24,19 @@ from rlhf_persona.simulation.schema import CHANNELS, Population, Segment
 STREAM_USERS, STREAM_PROMPTS = 1, 2
 # A prompt is about one of the user's interests with this probability, else a segment topic.
 P_PROMPT_FROM_INTERESTS = 0.7
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small acyclic containers (user
+    profiles, event dicts): its repeated passes otherwise dominate the run time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def rng_for(seed: int, stream: int, *extra: int) -> np.random.Generator:
@@ -153,8 +169,10 @@ def sample_users(population: Population, n: int | None = None, seed: int = 0) ->
         pref[rows] = segment_mean(seg) + rng.normal(size=(m, n_feat)) * segment_sd(seg)
         threshold[rows] = rng.normal(seg.threshold.mean, seg.threshold.sd, size=m)
         channel_probs[rows] = (seg.channels or population.channels).probs()
-        parts.append((rows, _sample_profiles(rng, seg, m)))
-    columns = _merge_columns(parts, n)
+        with no_gc():
+            parts.append((rows, _sample_profiles(rng, seg, m)))
+    with no_gc():
+        columns = _merge_columns(parts, n)
     width = len(str(n - 1))
     ids = [f"{population.name}-s{seed}-u{i:0{width}d}" for i in range(n)]
     return Users(population, seed, ids, columns, Truth(segment, pref, threshold, channel_probs))

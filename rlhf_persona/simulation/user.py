@@ -19,14 +19,14 @@ Noise model (β = the population's ``rationality`` per channel, τ = the user's 
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from rlhf_persona.simulation.features import FEATURE_NAMES, NEUTRAL, reply_features
-from rlhf_persona.simulation.population import Users, rng_for
+from rlhf_persona.simulation.population import Users, no_gc, rng_for
 from rlhf_persona.simulation.schema import CHANNELS
 
 STREAM_FEEDBACK = 3
@@ -68,11 +68,15 @@ class FeedbackBatch:
     user_idx: np.ndarray  # [n] int
     kind: np.ndarray  # [n] int8: THUMBS, RATING, PAIRWISE, ABSTAIN
     value: np.ndarray  # [n] int8: ±1 thumbs/pairwise, 1..5 rating, 0 abstain
-    tags: list[list[str]]  # [n] reason tags ([] mostly)
+    tags: dict[int, list[str]]  # row → reason tags; rows without tags are absent
     round: int
 
     def __len__(self) -> int:
         return len(self.kind)
+
+    def tag_lists(self) -> list[list[str]]:
+        """Reason tags per row ([] where none)."""
+        return [self.tags.get(i, []) for i in range(len(self.kind))]
 
     @property
     def kinds(self) -> list[str]:
@@ -98,6 +102,7 @@ class FeedbackSimulator:
         self._beta = pop.rationality
         self._cuts = np.asarray(pop.rating_cutpoints)
         self._tag_rate = pop.reason_tag_rate
+        self._id_prefix = f"sim-{pop.name}-u{users.seed}-f{self.seed}"
 
     # ------------------------------------------------------------------ fast path
     def draw_kinds(self, user_idx: np.ndarray, pairwise: bool) -> np.ndarray:
@@ -164,22 +169,24 @@ class FeedbackSimulator:
             return np.full(len(idx), KIND_CODES[kind], dtype=np.int8)
         return np.asarray(kind, dtype=np.int8)
 
-    def _reason_tags(self, pref, features, kinds, value) -> list[list[str]]:
+    def _reason_tags(self, pref, features, kinds, value) -> dict[int, list[str]]:
         """Tags for negative judgements: the features costing the user the most utility."""
-        tags: list[list[str]] = [[] for _ in range(len(kinds))]
         negative = ((kinds == THUMBS) & (value == -1)) | ((kinds == RATING) & (value <= 2))
         keep = self.rng.random(len(kinds)) < self._tag_rate
         rows = np.flatnonzero(negative & keep)
         if not len(rows):
-            return tags
-        above = features[rows] > NEUTRAL
+            return {}
         cost = -pref[rows] * (features[rows] - NEUTRAL)  # utility lost per feature
-        order = np.argsort(-cost, axis=1)[:, :MAX_TAGS]
-        for r, row_order, row_cost, row_above in zip(rows, order, cost, above, strict=True):
-            for f in row_order:
-                tag = _TAG_TABLE[f, int(row_above[f])]
-                if row_cost[f] >= TAG_MIN_COST and tag is not None:
-                    tags[r].append(tag)
+        top = np.argsort(-cost, axis=1)[:, :MAX_TAGS]
+        top_cost = np.take_along_axis(cost, top, axis=1)
+        above = np.take_along_axis(features[rows], top, axis=1) > NEUTRAL
+        names = _TAG_TABLE[top, above.astype(int)]  # [rows, MAX_TAGS] tag or None
+        names[top_cost < TAG_MIN_COST] = None
+        tags = {}
+        for r, row in zip(rows.tolist(), names.tolist(), strict=True):
+            row_tags = [t for t in row if t is not None]
+            if row_tags:
+                tags[r] = row_tags
         return tags
 
     # ------------------------------------------------------------------ events
@@ -192,37 +199,52 @@ class FeedbackSimulator:
     ) -> list[dict]:
         """Event dicts (the feedback store's contract) for every non-abstaining row.
 
-        ``event_id`` hashes (seed, event number, user, prompt, replies, kind), so replaying the
-        same simulation gives the same ids and different events never share one.
+        ``event_id`` = simulator prefix (population, users' seed, feedback seed), round, event
+        number and a CRC of (user, prompt, replies): replaying the same simulation gives the
+        same ids, and two simulators misconfigured with one seed (practically) never share an id for
+        different events.
         """
         rows = np.flatnonzero(batch.kind != ABSTAIN)
         start = self.n_events
         self.n_events += len(rows)
         seconds = START_TIME + batch.round * ROUND_SECONDS + start + np.arange(len(rows))
         stamps = np.datetime_as_string(seconds, unit="s", timezone="UTC").tolist()
+        prefix = f"{self._id_prefix}-r{batch.round}-"
+        # Column lists first (list comprehensions), then one dict per event.
         ids = self.users.ids
-        kinds, values = batch.kind.tolist(), batch.value.tolist()
-        user_idx = batch.user_idx.tolist()
-        out = []
-        for j, r in enumerate(rows.tolist()):
-            uid, k = ids[user_idx[r]], kinds[r]
-            other = other_replies[r] if k == PAIRWISE and other_replies is not None else None
-            key = f"{self.seed}|{start + j}|{uid}|{prompts[r]}|{replies[r]}|{other}|{k}"
-            out.append(
+        uids = [ids[i] for i in batch.user_idx[rows].tolist()]
+        kinds = batch.kind[rows].tolist()
+        rows_l = rows.tolist()
+        p_col = [prompts[r] for r in rows_l]
+        r_col = [replies[r] for r in rows_l]
+        o_col: list[str | None] = [None] * len(rows_l)
+        if other_replies is not None:
+            pair = zip(rows_l, kinds, strict=True)
+            o_col = [other_replies[r] if k == PAIRWISE else None for r, k in pair]
+        crcs = [
+            zlib.crc32(f"{u}\x1f{p}\x1f{r}\x1f{o}".encode())
+            for u, p, r, o in zip(uids, p_col, r_col, o_col, strict=True)
+        ]
+        tags = batch.tags
+        with no_gc():  # only acyclic dicts are built: skip the collector's repeated passes
+            return [
                 {
-                    "event_id": hashlib.blake2b(key.encode(), digest_size=10).hexdigest(),
-                    "user_id": uid,
+                    "event_id": f"{prefix}{start + j}-{crc:08x}",
+                    "user_id": u,
                     "kind": CHANNELS[k],
-                    "prompt": prompts[r],
-                    "reply": replies[r],
-                    "other_reply": other,
-                    "value": values[r],
-                    "reason_tags": batch.tags[r],
+                    "prompt": p,
+                    "reply": r,
+                    "other_reply": o,
+                    "value": v,
+                    "reason_tags": tags.get(row, []),
                     "comment": None,
-                    "created_at": stamps[j],
+                    "created_at": t,
                 }
-            )
-        return out
+                for j, (row, u, k, p, r, o, v, t, crc) in enumerate(
+                    zip(rows_l, uids, kinds, p_col, r_col, o_col, batch.value[rows].tolist(),
+                        stamps, crcs, strict=True)
+                )
+            ]  # fmt: skip
 
     def respond(
         self,
