@@ -52,6 +52,10 @@ class ImportReport:
         self.skipped[category] += 1
         self.bad_rows.append((line, reason))
 
+    def finish(self) -> ImportReport:
+        self.bad_rows.sort()
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "rows": self.rows, "users": self.users,
                 "events": dict(self.events), "skipped": dict(self.skipped),
@@ -97,7 +101,7 @@ def import_jsonl(store: FeedbackStore, path: str | Path) -> ImportReport:
             pending = []
             _import_user_line(store, obj, line_no, report)
     _record(store, pending, report)
-    return report
+    return report.finish()
 
 
 def _import_user_line(store: FeedbackStore, obj: dict, line_no: int, report: ImportReport) -> None:
@@ -254,7 +258,7 @@ def import_csv(
             _flush_csv(store, rows, report)
             rows = []
     _flush_csv(store, rows, report)
-    return report
+    return report.finish()
 
 
 def _flush_csv(store: FeedbackStore, rows: list[tuple], report: ImportReport) -> None:
@@ -288,7 +292,8 @@ def import_polis(
     """A Polis export folder (``votes.csv``, ``comments.csv``, ``participants-votes.csv``,
     ``summary.csv``): participants become users, statements become replies to the
     conversation's question, votes become thumbs (agree +1, disagree -1; pass 0 = abstain, or
-    skipped with ``pass_as="skip"``), in time order, so a changed vote updates the current
+    skipped with ``pass_as="skip"``, which then leaves a vote that a later pass withdrew as
+    current), in time order, so a changed vote updates the current
     value and stays in the history. Polis's own opinion group is kept in the user's ``meta``
     (``polis_group_id``), not in the profile, so segmentation can be compared against it
     without using it."""
@@ -335,7 +340,7 @@ def import_polis(
                 "value": vote, "created_at": datetime.fromtimestamp(timestamp / 1000, UTC),
             }))  # fmt: skip
     _record(store, events, report)
-    return report
+    return report.finish()
 
 
 def _polis_prompt(folder: Path) -> str:

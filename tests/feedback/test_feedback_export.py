@@ -1,0 +1,139 @@
+"""Export to TRL's formats: pair construction, deduplication, exclusions, segments, report;
+the datasets load with ``datasets`` and train one step of TRL's DPO, KTO and reward trainers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from datasets import load_from_disk
+from feedback_helpers import event
+from typer.testing import CliRunner
+
+from rlhf_persona.cli import app
+from rlhf_persona.feedback.export import export_kto, export_preference, export_ratings
+
+P, Q = "What is a good breakfast?", "How do I relax?"
+OAT = "Oatmeal with fruit."
+
+
+@pytest.fixture
+def filled(sqlite_store):
+    """u1 rates three replies to P and thumbs two replies to Q; u2 makes a pairwise choice on P
+    and rates against it; u3 gives no consent; u4 is deleted."""
+    s = sqlite_store
+    for uid in ("u1", "u2", "u3", "u4"):
+        s.upsert_user(uid, {"age_band": "25-34"}, consent=uid != "u3")
+    s.record_events([
+        event("r1", "u1", "rating", 5, prompt=P, reply="Oatmeal with fruit."),
+        event("r2", "u1", "rating", 2, prompt=P, reply="Toast."),
+        event("r3", "u1", "rating", 2, prompt=P, reply="Nothing."),
+        event("w1", "u1", "pairwise", 1, prompt=P, reply=OAT, other_reply="Toast."),
+        event("t1", "u1", "thumbs", 1, prompt=Q, reply="Take a walk."),
+        event("t2", "u1", "thumbs", -1, prompt=Q, reply="Work harder."),
+        event("t3", "u1", "thumbs", 0, prompt=Q, reply="Sleep."),
+        event("p1", "u2", "pairwise", -1, prompt=P, reply=OAT, other_reply="Toast."),
+        event("r4", "u2", "rating", 5, prompt=P, reply="Oatmeal with fruit."),
+        event("r5", "u2", "rating", 1, prompt=P, reply="Toast."),
+        event("t4", "u2", "thumbs", 1, prompt=Q, reply="Take a walk."),
+        event("x1", "u3", "thumbs", 1, prompt=Q, reply="Take a walk."),
+        event("d1", "u4", "rating", 5, prompt=P, reply="Toast."),
+        event("d2", "u4", "rating", 1, prompt=P, reply="Nothing."),
+    ])  # fmt: skip
+    s.delete_user("u4")
+    s.write_segments("run1", [("u1", 3, 0.9)])
+    return s
+
+
+def test_preference_pairs_margins_and_report(filled):
+    ds, report = export_preference(filled)
+    rows = {(r["user_id"], r["chosen"], r["rejected"]): (r["margin"], r["segment_id"]) for r in ds}
+    assert rows == {
+        ("u1", "Oatmeal with fruit.", "Toast."): (1.0, 3),  # pairwise first; rating gap = dup
+        ("u1", "Oatmeal with fruit.", "Nothing."): (3.0, 3),  # rating gap 5 - 2
+        ("u1", "Take a walk.", "Work harder."): (1.0, 3),  # thumbs up vs down, same prompt
+    }
+    assert ds.column_names == ["prompt", "chosen", "rejected", "margin", "user_id", "segment_id"]
+    assert report["rows"] == 3
+    assert report["used"] == {"pairwise": 1, "rating_gap": 1, "thumbs_up_vs_down": 1}
+    assert report["dropped"] == {
+        "duplicate_pair": 1,  # u1's rating gap repeats u1's pairwise choice
+        "rating_tie": 1,  # u1 rated Toast and Nothing both 2
+        "contradictory_pair": 2,  # u2 chose Toast pairwise but rated Oatmeal higher
+        "cleared_thumb": 1,
+        "thumb_without_opposite": 1,  # u2 has only a thumbs up on Q
+        "no_consent": 1,  # u3
+    }
+    assert "u4" not in set(ds["user_id"])  # deleted
+
+
+def test_kto_and_ratings_rows(filled):
+    kto, report = export_kto(filled, segments={"u2": 7})
+    assert sorted(zip(kto["user_id"], kto["completion"], kto["label"], kto["segment_id"],
+                      strict=True)) == [("u1", "Take a walk.", True, -1),
+                                        ("u1", "Work harder.", False, -1),
+                                        ("u2", "Take a walk.", True, 7)]  # fmt: skip
+    assert report["dropped"] == {"cleared_thumb": 1, "no_consent": 1}
+    ratings, report = export_ratings(filled)
+    assert sorted(zip(ratings["user_id"], ratings["rating"], strict=True)) == [
+        ("u1", 2), ("u1", 2), ("u1", 5), ("u2", 1), ("u2", 5)]  # fmt: skip
+    assert set(ratings.column_names) == {"prompt", "completion", "rating", "user_id", "segment_id"}
+
+
+def test_exports_train_trl_trainers(filled, tmp_path):
+    """The exported columns are what TRL's trainers take: one real step of each."""
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer
+    from trl.data_utils import is_conversational
+
+    pref, _ = export_preference(filled)
+    kto, _ = export_kto(filled)
+    words = {w for row in pref for k in ("prompt", "chosen", "rejected") for w in
+             row[k].replace(".", " . ").replace("?", " ? ").split()}  # fmt: skip
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", "[BOS]", *sorted(words)])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
+                                  eos_token="[EOS]", bos_token="[BOS]")  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=0, eos_token_id=2, bos_token_id=3,
+    )  # fmt: skip
+    common = dict(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
+                  use_cpu=True, bf16=False, report_to=[], save_strategy="no")  # fmt: skip
+    policy = lambda: LlamaForCausalLM(cfg)  # noqa: E731
+
+    def train(trainer) -> float:
+        trainer.train()
+        return trainer.state.log_history[-1]["train_loss"]
+
+    loss = train(DPOTrainer(model=policy(), ref_model=policy(), args=DPOConfig(**common),
+                            train_dataset=pref, processing_class=tok))  # fmt: skip
+    assert loss == pytest.approx(0.6931, abs=0.05)  # log(2) at the start of DPO
+    train(KTOTrainer(model=policy(), ref_model=policy(), args=KTOConfig(**common),
+                     train_dataset=kto, processing_class=tok))  # fmt: skip
+    rm = LlamaForSequenceClassification(LlamaConfig(**{**cfg.to_dict(), "num_labels": 1}))
+    assert train(RewardTrainer(model=rm, args=RewardConfig(**common), train_dataset=pref,
+                               processing_class=tok)) > 0  # fmt: skip
+    conv, _ = export_preference(filled, conversational=True)
+    assert is_conversational(conv[0]) and not is_conversational(pref[0])
+
+
+def test_export_cli_writes_dataset_and_prints_counts(filled, tmp_path):
+    out = tmp_path / "pref"
+    result = CliRunner().invoke(app, ["export", "--db", filled.url, "--format", "preference",
+                                      "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "preference: 3 rows" in result.output
+    assert "contradictory_pair" in result.output and "no_consent" in result.output
+    loaded = load_from_disk(str(out))
+    assert len(loaded) == 3 and "margin" in loaded.column_names
+    assert (out / "export_report.json").exists()
