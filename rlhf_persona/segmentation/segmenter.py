@@ -30,6 +30,7 @@ from rlhf_persona.segmentation.cluster import (
     match_ids,
     merge_small,
     nearest,
+    thread_limit,
 )
 from rlhf_persona.segmentation.features import FeatureSet, UserFeaturizer, UserTable
 
@@ -99,6 +100,10 @@ class Segmenter(BaseEstimator):
         without feedback is a zero row that would pull clusters together. Every user of
         ``table`` is then assigned (``labels_``), the others by cold start.
         """
+        with thread_limit(len(table)):
+            return self._fit(table, previous)
+
+    def _fit(self, table: UserTable, previous: Segmenter | None) -> Segmenter:
         self._check_enough_users(len(table))
         self.featurizer_ = UserFeaturizer(
             features=self.features,
@@ -203,8 +208,9 @@ class Segmenter(BaseEstimator):
         shares when there is no profile) decide.
         """
         f = self.featurizer_
-        blocks = f.transform_blocks(table)
-        return self._assign(f.stack(blocks), blocks["profile"], table)
+        with thread_limit(len(table)):
+            blocks = f.transform_blocks(table)
+            return self._assign(f.stack(blocks), blocks["profile"], table)
 
     def _assign(self, X: np.ndarray, profile: np.ndarray | None, table: UserTable):
         _, sq = nearest(X, self.centroids_)
