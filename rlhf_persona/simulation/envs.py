@@ -252,11 +252,3 @@ class PairwiseFeedbackEnv(_PopulationEnv):
         reward, event = self._respond([str(reply_a), str(reply_b)])
         terminated, truncated = self._advance()
         return self._obs(), reward, terminated, truncated, {"event": event}
-
-
-def register_envs() -> None:
-    """Register both environments with Gymnasium (idempotent)."""
-    for name, cls in (("UserFeedback", UserFeedbackEnv), ("PairwiseFeedback", PairwiseFeedbackEnv)):
-        env_id = f"rlhf_persona/{name}-v0"
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=f"{__name__}:{cls.__name__}")
