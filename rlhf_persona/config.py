@@ -113,12 +113,82 @@ class SegmentationConfig(Section):
     )
 
 
-
 class RewardConfig(Section):
     strategy: Literal["global", "prefix", "heads", "lora"] = Field(
         "heads", description="How the reward model conditions on the segment."
     )
     user_level: bool = Field(False, description="Add shrunk per-user residuals on top.")
+    max_length: int = Field(
+        128, ge=16, description="Max tokens of (persona +) prompt + reply; longer rows truncated."
+    )
+    epochs: float = Field(2.0, gt=0, description="Passes over the preference pairs.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Cap on optimizer steps per training phase (None: epochs decide)."
+    )
+    batch_size: int = Field(32, ge=1, description="Preference pairs per optimizer step.")
+    learning_rate: float = Field(
+        1e-4, gt=0, description="AdamW learning rate of the trainable encoder layers."
+    )
+    head_learning_rate: float = Field(
+        2e-3, gt=0, description="AdamW learning rate of the reward heads and the pooler."
+    )
+    freeze_layers: int = Field(
+        5,
+        ge=0,
+        description="Bottom transformer layers (and the embeddings) kept frozen; a number ≥ the "
+        "encoder's depth freezes all of them and trains only the pooler and heads.",
+    )
+    cache_frozen: bool = Field(
+        True,
+        description="Memoize the frozen bottom's output per distinct input (BERT-style encoders): "
+        "each text goes through the frozen layers once per fit / score call.",
+    )
+    margin_scale: float = Field(
+        0.0,
+        ge=0,
+        description="Multiplier on the export's margin in the loss -logσ(r_c − r_r − s·margin); "
+        "0 ignores margins (keeps σ(r_a − r_b) a calibrated probability).",
+    )
+    unseen_segment: Literal["global", "error"] = Field(
+        "global",
+        description="Segment id the model was not trained on: score it with the global "
+        "(unconditioned) part and log a warning, or raise an error.",
+    )
+    prefix_dropout: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="prefix: share of training rows shown without persona text, which trains "
+        "the unconditioned fallback.",
+    )
+    lora_r: int = Field(8, ge=1, description="lora: rank of each segment's adapter.")
+    lora_alpha: int = Field(16, ge=1, description="lora: scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="lora: dropout on the LoRA path.")
+    lora_target_modules: list[str] = Field(
+        ["query", "key", "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj"],
+        description="lora: names of linear layers to adapt (those inside trainable layers).",
+    )
+    lora_epochs: float | None = Field(
+        None, gt=0, description="lora: passes over each segment's pairs (None: epochs)."
+    )
+    eval_users: float = Field(
+        0.2, gt=0, lt=1, description="eval (simulator): share of users held out as unseen users."
+    )
+    eval_labels_per_user: int = Field(
+        30, ge=1, description="eval (simulator): pairwise labels per training user."
+    )
+    eval_test_pairs_per_user: int = Field(
+        20, ge=1, description="eval (simulator): held-out pairs per user, on unseen prompts."
+    )
+    eval_prompts: int = Field(
+        160, ge=2, description="eval (simulator): prompts in the training pool (test pool: 1/3)."
+    )
+    eval_replies_per_prompt: int = Field(
+        6, ge=2, description="eval (simulator): styled corpus replies written per prompt."
+    )
+    few_shot: list[int] = Field(
+        [0, 5, 20, 50], description="eval: new users' own label counts for the few-shot curve."
+    )
 
 
 class PolicyConfig(Section):
@@ -128,10 +198,91 @@ class PolicyConfig(Section):
     strategy: Literal["adapter", "prompt"] = Field(
         "adapter", description="adapter: one LoRA per segment; prompt: persona system prompt."
     )
+    train_global: bool = Field(
+        True, description="Also train the global baseline: one adapter on the pooled data."
+    )
+    steps: int = Field(40, ge=1, description="Optimizer steps per trained adapter.")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate of the LoRA weights.")
+    batch_size: int = Field(
+        8,
+        ge=2,
+        description="Rows per step (DPO/KTO: pairs or thumbs; GRPO/RLOO: completions, a multiple "
+        "of num_generations). KTO needs ≥ 2.",
+    )
+    beta: float = Field(
+        0.1, ge=0, description="KL strength to the base policy (DPO/KTO β; GRPO/RLOO KL coef)."
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    max_length: int = Field(
+        192, ge=16, description="Max tokens of prompt + reply in DPO/KTO training rows."
+    )
+    max_completion_length: int = Field(
+        40, ge=1, description="GRPO/RLOO: max tokens sampled per completion during training."
+    )
+    num_generations: int = Field(
+        4, ge=2, description="GRPO/RLOO: completions sampled per prompt (the group)."
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="GRPO/RLOO: sampling temperature of the training rollouts."
+    )
+    num_iterations: int = Field(
+        1, ge=1, description="GRPO/RLOO: clipped updates per rollout batch (PPO-style reuse)."
+    )
+    warm_start_steps: int = Field(
+        0,
+        ge=0,
+        description="SFT steps on liked replies (chosen / thumbs-up) before the algorithm, in the "
+        "same adapter; 0 = none.",
+    )
+    min_rows: int = Field(
+        4,
+        ge=1,
+        description="A segment with fewer training rows gets no adapter; it is routed to the "
+        "global policy instead.",
+    )
+    segment_models: dict[int, str] = Field(
+        default_factory=dict,
+        description="Per-segment base model override {segment_id: model spec}; segments not "
+        "listed share models.policy.",
+    )
 
 
 class LoopConfig(Section):
     rounds: int = Field(2, ge=1, description="Rounds of collect → segment → reward → policy.")
+    prompts_per_user: int = Field(
+        6, ge=1, description="Prompts each simulated user asks per round (collection)."
+    )
+    ab_share: float = Field(
+        0.5, ge=0, le=1, description="Share of collection turns answered with two replies (A/B)."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Reply length cap when generating.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the policies.")
+    rm_pairs_per_segment: int = Field(
+        64,
+        ge=0,
+        description="DPO/KTO: extra pairs per segment, best vs worst of rm_candidates sampled "
+        "replies under the reward model (iterative DPO); 0 trains on user feedback only.",
+    )
+    rm_candidates: int = Field(4, ge=2, description="Replies sampled per prompt for ranking.")
+    online_reward: Literal["model", "simulator"] = Field(
+        "model",
+        description="GRPO/RLOO reward: the segment-conditioned reward model, or simulated "
+        "users' thumbs.",
+    )
+    continue_adapters: bool = Field(
+        True, description="Each round continues training the previous round's adapters."
+    )
+    eval_users_per_segment: int = Field(
+        20, ge=1, description="Held-out users per true segment in the evaluation."
+    )
+    eval_prompts_per_user: int = Field(
+        2, ge=1, description="Held-out prompts per evaluated user."
+    )
+    embed_features: bool = Field(
+        True, description="Simulator measures topical relevance with MiniLM embeddings."
+    )
 
 
 class ExperimentConfig(Section):

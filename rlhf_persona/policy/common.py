@@ -1,0 +1,188 @@
+"""What every policy trainer shares: chat formatting, LoRA and TRL settings, the base model.
+
+The algorithm modules (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``) stay short because the
+plumbing lives here: prompts become chat messages (with the persona as system prompt when a
+strategy asks for it), ``PolicyConfig`` becomes TRL's config fields, and a reward callable on plain
+strings becomes a TRL reward function.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_persona.config import PolicyConfig
+from rlhf_persona.errors import UserError
+
+# fn(prompts, completions, segment_id, **kw) -> list[float]: plain-text user prompts and replies.
+RewardFn = Callable[..., Sequence[float]]
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``auto``/None → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("models.device is 'cuda' but no CUDA device is available")
+    return device
+
+
+def load_base(spec: str, device: str = "cpu", bf16: bool = False, cache_dir: Path | None = None):
+    """(model, tokenizer) for a policy spec via ``models.load_causal_lm``, on ``device``."""
+    from rlhf_persona.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(spec, cache_dir=cache_dir, device=device)
+    # bf16 only pays off on a GPU; on CPU it is many times slower (DESIGN.md, measured facts).
+    dtype = torch.bfloat16 if bf16 and device == "cuda" else torch.float32
+    model = model.to(device=device, dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@functools.lru_cache(maxsize=32)
+def _template_keeps_system(template: str | None) -> bool:
+    """True when the chat template renders a system message (some drop or reject it)."""
+    if not template:
+        return False
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    probe = "PERSONA-PROBE-7"
+    try:
+        rendered, _ = render_jinja_template(
+            conversations=[
+                [{"role": "system", "content": probe}, {"role": "user", "content": "x"}]
+            ],
+            chat_template=template,
+        )
+    except Exception:  # jinja raise_exception("system role not supported") and the like
+        return False
+    return probe in rendered[0]
+
+
+def chat_prompt(tokenizer, prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    """A single user turn as chat messages, with ``system`` as the system prompt when given.
+
+    Templates without a system role get the persona text prepended to the user turn instead, so
+    the ``prompt`` strategy works with any chat model.
+    """
+    if not system:
+        return [{"role": "user", "content": prompt}]
+    if _template_keeps_system(tokenizer.chat_template):
+        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    return [{"role": "user", "content": f"{system}\n\n{prompt}"}]
+
+
+def render_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
+    """The text the model sees before it starts its reply."""
+    return tokenizer.apply_chat_template(
+        chat_prompt(tokenizer, prompt, system), tokenize=False, add_generation_prompt=True
+    )
+
+
+def as_reply(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def require_columns(dataset, columns: Sequence[str], algorithm: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise UserError(
+            f"policy.algorithm={algorithm} needs columns {list(columns)}; the training data lacks "
+            f"{missing} (has {dataset.column_names})"
+        )
+
+
+def lora_config(cfg: PolicyConfig, model=None):
+    """A fresh LoRA config for a plain base model; None when ``model`` already has an adapter
+    (a warm start from the previous round's adapter keeps training that adapter)."""
+    from peft import LoraConfig, PeftModel
+
+    if isinstance(model, PeftModel):
+        return None
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",  # peft excludes lm_head, which TRL requires
+        task_type="CAUSAL_LM",
+    )
+
+
+def trainer_args(
+    cfg: PolicyConfig, output_dir: Path, device: str, bf16: bool, seed: int
+) -> dict[str, Any]:
+    """TrainingArguments fields shared by all TRL configs, CPU-sane by default."""
+    on_gpu = device == "cuda"
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant",  # few steps: a decaying schedule wastes half of them
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not on_gpu,
+        bf16=bf16 and on_gpu,  # bf16 on CPU is up to 16x slower (DESIGN.md)
+        gradient_checkpointing=False,  # tiny models: recomputation costs more than it saves
+        logging_steps=1,
+        save_strategy="no",
+        # One W&B run spans many trainers; the trainer callback would re-key the run's x-axis,
+        # so train_policies logs each trainer's history to the tracking Run itself.
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def run_trainer(trainer):
+    """Train without TRL's per-step printouts (the round's progress bar reports progress)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return trainer
+
+
+def text_of(item: Any) -> str:
+    """Plain text of a TRL prompt/completion: a string, or chat messages (last user/assistant)."""
+    if isinstance(item, str):
+        return item
+    for message in reversed(item):
+        if message["role"] in ("user", "assistant"):
+            return message["content"]
+    return item[-1]["content"]
+
+
+def trl_reward_func(fn: RewardFn) -> Callable[..., list[float]]:
+    """Wrap ``fn(prompts, completions, segment_id, **kw)`` on plain strings as a TRL reward func.
+
+    TRL passes chat messages (with the persona system prompt in the ``prompt`` strategy) and every
+    dataset column as a keyword; ``fn`` sees the user's question and the reply as strings, so one
+    reward function serves every strategy.
+    """
+
+    def reward(prompts, completions, segment_id, **kwargs) -> list[float]:
+        kwargs.pop("completion_ids", None)
+        scores = fn(
+            prompts=[text_of(p) for p in prompts],
+            completions=[text_of(c) for c in completions],
+            segment_id=[int(s) for s in segment_id],
+            **kwargs,
+        )
+        return [float(s) for s in scores]
+
+    reward.__name__ = getattr(fn, "__name__", "reward")
+    return reward
+
+
+def check_online_batch(cfg: PolicyConfig) -> None:
+    if cfg.batch_size % cfg.num_generations:
+        raise UserError(
+            f"policy.batch_size ({cfg.batch_size}) must be a multiple of policy.num_generations "
+            f"({cfg.num_generations}) for {cfg.algorithm}: each step trains on whole groups"
+        )

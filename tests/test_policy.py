@@ -1,0 +1,281 @@
+"""Policy training (DPO/KTO/GRPO/RLOO × adapter/prompt), adapter registry and generation.
+
+Everything runs real TRL trainers on the embedded ``tiny-test`` policy with a few steps on tiny
+data; two segments with opposite tastes (short + emoji vs long + formal) make the trained
+adapters measurably different.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from rlhf_persona.config import PolicyConfig
+from rlhf_persona.errors import UserError
+from rlhf_persona.policy import (
+    BASE,
+    GLOBAL,
+    AdapterInfo,
+    AdapterRegistry,
+    PolicyGenerator,
+    Route,
+    train_policies,
+)
+
+SPEC = "embedded:tiny-test"
+PROMPTS = [
+    "Can you help me with garlic?",
+    "What should I know about budget?",
+    "Explain cardio to me.",
+    "Give me advice on gardening.",
+]
+SHORT = "Sure 😀 try garlic 🎉"
+LONG = (
+    "Certainly. Regarding this matter, one should consider the details carefully. "
+    "Furthermore, it is advisable to proceed step by step."
+)
+CARDS = {
+    0: "This user prefers short, casual replies with emoji.",
+    1: "This user prefers long, formal and detailed replies.",
+}
+
+
+def _rows(segment: int, n: int) -> list[dict]:
+    likes, dislikes = (SHORT, LONG) if segment == 0 else (LONG, SHORT)
+    rows = []
+    for i in range(n):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        liked = i % 2 == 0  # KTO rows alternate thumbs up (liked reply) / down (disliked)
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": likes,
+                "rejected": dislikes,
+                "completion": likes if liked else dislikes,
+                "label": liked,
+                "user_id": f"u{segment}-{i % 3}",
+                "segment_id": segment,
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return Dataset.from_list(_rows(0, 8) + _rows(1, 8))
+
+
+def style_reward(prompts, completions, segment_id, **_):
+    """Simulated taste: segment 0 likes emoji and brevity, segment 1 likes length."""
+    out = []
+    for reply, seg in zip(completions, segment_id, strict=True):
+        emoji = sum(ch in "😀😊👍🎉🔥✨🙂💡🚀❤" for ch in reply)
+        out.append(emoji - len(reply) / 40 if seg == 0 else len(reply) / 40 - emoji)
+    return out
+
+
+def _cfg(**kw) -> PolicyConfig:
+    base = dict(steps=2, batch_size=4, num_generations=2, max_completion_length=8, max_length=96)
+    return PolicyConfig(**{**base, **kw})
+
+
+def _lora_b_norm(path) -> float:
+    """Norm of the LoRA B matrices: exactly 0 at init, > 0 once training moved the adapter."""
+    weights = load_file(str(path / "adapter_model.safetensors"))
+    return float(sum(w.float().norm() for k, w in weights.items() if "lora_B" in k))
+
+
+CASES = [
+    ("dpo", "adapter"),
+    ("kto", "adapter"),
+    ("grpo", "adapter"),
+    ("rloo", "adapter"),
+    ("dpo", "prompt"),
+    ("kto", "prompt"),
+    ("grpo", "prompt"),
+    ("rloo", "prompt"),
+]
+
+
+@pytest.mark.parametrize(("algorithm", "strategy"), CASES)
+def test_train_save_load(algorithm, strategy, data, tmp_path):
+    # The global baseline is trained in one case only, to keep the suite fast.
+    with_global = (algorithm, strategy) == ("dpo", "adapter")
+    cfg = _cfg(algorithm=algorithm, strategy=strategy, train_global=with_global)
+    reg = train_policies(
+        cfg, SPEC, data, CARDS, tmp_path / "round0", reward_fn=style_reward, round=3
+    )
+
+    expected = {"adapter": {"segment_0", "segment_1"}, "prompt": {"prompt"}}[strategy]
+    assert set(reg.adapters) == expected | ({GLOBAL} if with_global else set())
+    for name, info in reg.adapters.items():
+        path = reg.adapter_path(name)
+        assert (path / "adapter_config.json").is_file()
+        assert _lora_b_norm(path) > 0, f"{name}: adapter weights never moved"
+        assert info.steps == 2 and len(info.metrics["loss_curve"]) == 2
+        assert info.base_model == SPEC
+    sizes = {n: i.data_size for n, i in reg.adapters.items()}
+    assert sizes.get("segment_0", 8) == 8 and sizes.get("prompt", 16) == 16
+
+    loaded = AdapterRegistry.load(tmp_path / "round0")
+    assert loaded.to_dict() == reg.to_dict()
+    assert loaded.round == 3 and loaded.algorithm == algorithm and loaded.segments == [0, 1]
+    if strategy == "prompt":
+        assert loaded.route(1) == Route("prompt", CARDS[1])
+    else:
+        assert loaded.route(0) == Route("segment_0")
+
+    replies = PolicyGenerator(loaded).generate([0, 1, BASE], PROMPTS[:3], max_new_tokens=8)
+    assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
+
+
+def test_registry_manifest_roundtrip_and_routing(tmp_path):
+    reg = AdapterRegistry(tmp_path, "embedded:tiny-test", round=2, algorithm="kto")
+    reg.add_adapter(
+        AdapterInfo("global", SPEC, "adapters/global", [0, 1, 2], 30, {"loss": 0.5}, 1.5, 4)
+    )
+    reg.add_adapter(AdapterInfo("segment_1", "other/model", "adapters/segment_1", [1], 9))
+    reg.set_route(GLOBAL, Route(GLOBAL))
+    reg.set_route(np.int64(1), Route("segment_1", "persona"))
+    reg.save()
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["round"] == 2 and manifest["adapters"]["global"]["data_size"] == 30
+    assert manifest["routes"]["1"] == {"adapter": "segment_1", "system_prompt": "persona"}
+
+    loaded = AdapterRegistry.load(tmp_path)
+    assert loaded.to_dict() == reg.to_dict()
+    assert loaded.route("1") == Route("segment_1", "persona")
+    assert loaded.route(7) == Route(GLOBAL)  # a segment with no policy gets the global one
+    assert loaded.route(BASE) == Route(None)
+    assert loaded.base_model_of(loaded.route(1)) == "other/model"
+    with pytest.raises(UserError, match="unknown policy key"):
+        loaded.route("nonsense")
+    with pytest.raises(ValueError, match="not in the registry"):
+        reg.set_route(3, Route("segment_3"))
+    with pytest.raises(UserError, match="no manifest.json"):
+        AdapterRegistry.load(tmp_path / "missing")
+    (tmp_path / "manifest.json").write_text('{"round": 1}')
+    with pytest.raises(UserError, match="malformed manifest"):
+        AdapterRegistry.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> AdapterRegistry:
+    """Two segment adapters trained (DPO) towards opposite styles (no global baseline)."""
+    cfg = _cfg(steps=6, learning_rate=5e-3, lora_r=8, train_global=False)
+    # Segment 2 has a single row (< min_rows): no adapter; with no global one, the base serves it.
+    rows = data.add_item({**_rows(0, 1)[0], "segment_id": 2})
+    return train_policies(cfg, SPEC, rows, CARDS, tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="module")
+def generator(trained) -> PolicyGenerator:
+    return PolicyGenerator(trained, batch_size=3).load_all()
+
+
+def test_adapters_learn_their_segments_preference(generator):
+    """DPO moved each adapter toward its own segment's side of the pairs."""
+    n = len(PROMPTS)
+    margins = {}
+    for seg in (0, 1):
+        short = generator.logprobs([seg] * n, PROMPTS, [SHORT] * n)
+        long_ = generator.logprobs([seg] * n, PROMPTS, [LONG] * n)
+        margins[seg] = np.mean([s.sum() - lo.sum() for s, lo in zip(short, long_, strict=True)])
+    base_short = generator.logprobs([BASE] * n, PROMPTS, [SHORT] * n)
+    base_long = generator.logprobs([BASE] * n, PROMPTS, [LONG] * n)
+    base_margin = np.mean([s.sum() - lo.sum() for s, lo in zip(base_short, base_long, strict=True)])
+    assert margins[0] > base_margin > margins[1]
+
+
+def test_generation_grouped_by_segment(generator, trained):
+    assert trained.route(2) == Route(None) and set(trained.adapters) == {"segment_0", "segment_1"}
+    keys = [0, 1, 0, 1, 2, BASE]
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1], PROMPTS[2], PROMPTS[2]]
+    kw = dict(max_new_tokens=10, temperature=0.8, seed=7)
+    mixed = generator.generate(keys, prompts, **kw)
+    assert generator.generate(keys, prompts, **kw) == mixed  # same seed → same replies
+    # Requests are grouped per adapter: a segment's replies do not depend on other segments'.
+    assert generator.generate([0, 0], [PROMPTS[0], PROMPTS[1]], **kw) == [mixed[0], mixed[2]]
+    assert generator.generate([1, 1], [PROMPTS[0], PROMPTS[1]], **kw) == [mixed[1], mixed[3]]
+
+    greedy = generator.generate(
+        [0, 1] * 4, [p for p in PROMPTS for _ in (0, 1)], temperature=0, max_new_tokens=10
+    )
+    assert greedy[0::2] != greedy[1::2], "segment adapters should answer differently"
+    by_user = generator.generate_for_users(
+        ["ann", "bob"], PROMPTS[:2], {"ann": 0, "bob": 1}, temperature=0, max_new_tokens=10
+    )
+    assert by_user == [greedy[0], greedy[3]]
+    assert generator.label(0) == "segment_0" and generator.label(9) == BASE
+
+
+def test_kl_from_base(generator):
+    prompts = PROMPTS[:3]
+    replies = generator.generate([0, 0, 0], prompts, max_new_tokens=12, seed=1)
+    kl = generator.kl_from_base([0, 0, 0], prompts, replies)
+    assert kl.shape == (3,) and (kl > 0).all()
+    assert np.allclose(generator.kl_from_base([BASE] * 3, prompts, replies), 0.0, atol=1e-6)
+
+
+def test_generator_is_thread_safe(generator):
+    args = ([0, 1, 0], PROMPTS[:3])
+    expected = generator.generate(*args, temperature=0, max_new_tokens=10)
+    results = []
+
+    def worker(keys):
+        results.append(generator.generate(keys, PROMPTS[:3], temperature=0, max_new_tokens=10))
+
+    threads = [threading.Thread(target=worker, args=([0, 1, 0],)) for _ in range(2)]
+    threads += [threading.Thread(target=worker, args=([1, 0, 1],)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(expected) == 2 and len(results) == 4
+
+
+@pytest.mark.parametrize("strategy", ["adapter", "prompt"])
+def test_segment_base_model_override(strategy, data, tmp_path):
+    """A segment given its own base model is trained and served on that model."""
+    from rlhf_persona.models import load_causal_lm
+
+    model, tok = load_causal_lm(SPEC)
+    other = tmp_path / "other_base"  # a second base model, named by path
+    model.save_pretrained(other)
+    tok.save_pretrained(other)
+
+    cfg = _cfg(strategy=strategy, train_global=False, segment_models={1: str(other)})
+    reg = train_policies(cfg, SPEC, data, CARDS, tmp_path / "reg")
+    assert reg.base_model_of(reg.route(0)) == SPEC
+    assert reg.base_model_of(reg.route(1)) == str(other)
+    assert reg.route(0).adapter != reg.route(1).adapter
+
+    gen = PolicyGenerator(AdapterRegistry.load(reg.root))
+    assert len(gen.generate([0, 1], PROMPTS[:2], max_new_tokens=6)) == 2
+    assert set(gen._backends) == {SPEC, str(other)}
+
+
+def test_warm_start_and_init_from(data, trained, tmp_path):
+    cfg = _cfg(algorithm="dpo", strategy="adapter", train_global=False, warm_start_steps=1)
+    reg = train_policies(cfg, SPEC, data, CARDS, tmp_path / "r1", round=1, init_from=trained)
+    for name in ("segment_0", "segment_1"):
+        files = sorted(p.name for p in reg.adapter_path(name).iterdir())
+        assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        # Continued from the previous round's adapter, not from zero.
+        assert _lora_b_norm(reg.adapter_path(name)) > 0.5 * _lora_b_norm(trained.adapter_path(name))
+
+
+def test_bad_inputs_are_named(data, tmp_path):
+    with pytest.raises(UserError, match="needs a reward_fn"):
+        train_policies(_cfg(algorithm="grpo"), SPEC, data, CARDS, tmp_path)
+    with pytest.raises(UserError, match="lacks.*'completion'"):
+        train_policies(_cfg(algorithm="kto"), SPEC, data.remove_columns("completion"), {}, tmp_path)
+    with pytest.raises(UserError, match="multiple of policy.num_generations"):
+        cfg = _cfg(algorithm="rloo", batch_size=6, num_generations=4)
+        train_policies(cfg, SPEC, data, CARDS, tmp_path, reward_fn=style_reward)
