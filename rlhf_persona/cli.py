@@ -51,6 +51,28 @@ def config_show(
     console.print(dump_config(load_config(path, overrides)), end="")
 
 
+@app.command("loop")
+def loop_cmd(
+    path: Path = typer.Argument(..., help="Experiment config YAML, e.g. configs/quickstart.yaml."),
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Run the closed loop (collect, segment, reward, policy, evaluate); resumes a stopped run."""
+    from rlhf_persona.config import load_config
+    from rlhf_persona.loop import run_loop
+
+    cfg = load_config(path, overrides)
+    _, report = run_loop(cfg)
+    console.print(f"report: {report}")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A loop run folder.")) -> None:
+    """Write the HTML report with plots of a loop run."""
+    from rlhf_persona.report import write_report
+
+    console.print(f"report: {write_report(run_dir)}")
+
+
 def _mount_subapps() -> None:
     from rlhf_persona.models.commands import app as models_app
 

@@ -1,0 +1,181 @@
+"""How well each policy serves each kind of user, judged by the simulator's hidden truth.
+
+Evaluation is the only stage allowed to read ``users.truth`` (through ``simulation.oracle``).
+For a fixed set of held-out (user, prompt) items it asks every policy for a reply and reports,
+per true segment: mean utility and expected thumbs-up rate of the base, global and personalized
+policies, the personalization gap (own segment's policy vs the other segments' policies for the
+same users), KL from the base policy, the reward model's agreement with true utility (a
+reward-hacking alarm) and its pairwise accuracy beside the Bayes ceiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from rlhf_persona.policy.registry import BASE, GLOBAL
+from rlhf_persona.simulation import oracle, reply_features, sample_prompts
+from rlhf_persona.simulation.population import Users, rng_for
+
+STREAM_EVAL = 101  # keeps held-out prompts apart from the collection prompts
+
+
+@dataclass
+class EvalItems:
+    """Held-out (user, prompt) rows: user index, user id, assigned segment, prompt."""
+
+    user_idx: np.ndarray
+    user_ids: list[str]
+    segments: np.ndarray
+    prompts: list[str]
+
+
+def eval_items(
+    users: Users, assignments: dict[str, int], per_segment: int, prompts_per_user: int, seed: int
+) -> EvalItems:
+    """Up to ``per_segment`` users of each true segment, each with held-out prompts."""
+    rng = rng_for(seed, STREAM_EVAL)
+    chosen = []
+    for s in range(len(users.population.segments)):
+        members = np.flatnonzero(users.truth.segment == s)
+        take = min(per_segment, len(members))
+        chosen.extend(rng.choice(members, size=take, replace=False).tolist())
+    idx = np.repeat(np.array(sorted(chosen), dtype=np.int64), prompts_per_user)
+    prompts, _ = sample_prompts(users, idx, seed=seed + STREAM_EVAL, round=0)
+    ids = [users.ids[i] for i in idx]
+    segs = np.array([assignments.get(u, -1) for u in ids], dtype=np.int64)
+    return EvalItems(idx, ids, segs, prompts)
+
+
+def _features(users: Users, items: EvalItems, replies: list[str], embed: bool) -> np.ndarray:
+    interests = [users.interests[i] for i in items.user_idx]
+    return reply_features(items.prompts, replies, interests, embed=embed)
+
+
+def _by_true_segment(users: Users, items: EvalItems, features: np.ndarray, round: int) -> dict:
+    value = oracle.policy_value(users, items.user_idx, features, round)["per_segment"]
+    return {
+        name: {"utility": v["mean_utility"], "thumbs_up": v["thumbs_up_rate"], "n": v["n"]}
+        for name, v in value.items()
+    }
+
+
+def _personalization_gap(users, items, generator, embed, round, gen_kw) -> dict:
+    """Per true segment: thumbs-up of own assigned segment's policy minus the mean of the
+    other segments' policies, on the same users and prompts."""
+    segments = generator.registry.segments
+    if len(segments) < 2:
+        return {}
+    up = {}
+    for s in segments:
+        replies = generator.generate([s] * len(items.prompts), items.prompts, **gen_kw)
+        up[s] = _row_thumbs(users, items, _features(users, items, replies, embed), round)
+    own = np.array([up.get(int(s), up[segments[0]])[j] for j, s in enumerate(items.segments)])
+    others = np.array(
+        [np.mean([up[t][j] for t in segments if t != s]) for j, s in enumerate(items.segments)]
+    )
+    names = np.array(users.segment_names())[items.user_idx]
+    return {n: float(np.mean(own[names == n] - others[names == n])) for n in np.unique(names)}
+
+
+def _row_thumbs(users: Users, items: EvalItems, features: np.ndarray, round: int) -> np.ndarray:
+    from rlhf_persona.simulation.user import sigmoid, utility
+
+    idx = items.user_idx
+    u = utility(users.preferences(round)[idx], features)
+    beta = users.population.rationality.thumbs
+    return sigmoid(beta * (u - users.truth.threshold[idx]))
+
+
+def _reward_agreement(rm, users, items, replies, features, round) -> float:
+    """Spearman correlation of the reward model's scores with true utility of the same replies."""
+    from rlhf_persona.simulation.user import utility
+
+    scores = rm.score(items.segments.tolist(), items.prompts, replies)
+    true_u = utility(users.preferences(round)[items.user_idx], features)
+    return float(spearmanr(scores, true_u).statistic)
+
+
+def _reward_accuracy(rm, users, items, generator, embed, round, gen_kw) -> dict:
+    """Reward model's expected pairwise accuracy per true segment on two base replies per item,
+    beside the segment-knowing Bayes ceiling on the same rows."""
+    keys = [BASE] * len(items.prompts)
+    a = generator.generate(keys, items.prompts, **{**gen_kw, "seed": gen_kw["seed"] + 7})
+    b = generator.generate(keys, items.prompts, **{**gen_kw, "seed": gen_kw["seed"] + 8})
+    fa, fb = _features(users, items, a, embed), _features(users, items, b, embed)
+    p_true = oracle.preference_probability(users, items.user_idx, fa, fb, round)
+    segs = items.segments.tolist()
+    margin = rm.score(segs, items.prompts, a) - rm.score(segs, items.prompts, b)
+    acc = np.where(margin > 0, p_true, np.where(margin < 0, 1 - p_true, 0.5))
+    ceil = oracle.bayes_accuracy(users, items.user_idx, fa, fb, round)["per_segment"]
+    names = np.array(users.segment_names())[items.user_idx]
+    per_seg = {n: float(acc[names == n].mean()) for n in np.unique(names)}
+    return {
+        "per_segment_acc": per_seg,
+        "ceiling": {n: float(c["segment"]) for n, c in ceil.items()},
+        "worst_acc": min(per_seg.values()),
+    }
+
+
+def evaluate_policies(
+    users: Users,
+    items: EvalItems,
+    generator,
+    rm=None,
+    round: int = 0,
+    embed: bool = True,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+) -> tuple[dict, dict]:
+    """All evaluation figures for one round, and sample replies per true segment."""
+    gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    n = len(items.prompts)
+    replies = {
+        "base": generator.generate([BASE] * n, items.prompts, **gen_kw),
+        "global": generator.generate([GLOBAL] * n, items.prompts, **gen_kw),
+        "personalized": generator.generate(items.segments.tolist(), items.prompts, **gen_kw),
+    }
+    feats = {name: _features(users, items, r, embed) for name, r in replies.items()}
+    per_policy = {name: _by_true_segment(users, items, f, round) for name, f in feats.items()}
+    segments = {
+        seg: {policy: per_policy[policy][seg] for policy in per_policy}
+        for seg in per_policy["base"]
+    }
+    pers = [v["personalized"]["thumbs_up"] for v in segments.values()]
+    metrics = {
+        "segments": segments,
+        "spread": float(max(pers) - min(pers)),
+        "personalization_gap": _personalization_gap(
+            users, items, generator, embed, round, gen_kw
+        ),
+        "kl": {
+            "global": float(
+                generator.kl_from_base([GLOBAL] * n, items.prompts, replies["global"]).mean()
+            ),
+            "personalized": float(
+                generator.kl_from_base(
+                    items.segments.tolist(), items.prompts, replies["personalized"]
+                ).mean()
+            ),
+        },
+    }
+    if rm is not None:
+        metrics["reward_utility_corr"] = _reward_agreement(
+            rm, users, items, replies["personalized"], feats["personalized"], round
+        )
+        metrics["reward"] = _reward_accuracy(rm, users, items, generator, embed, round, gen_kw)
+    return metrics, _samples(users, items, replies)
+
+
+def _samples(users: Users, items: EvalItems, replies: dict, per_segment: int = 2) -> dict:
+    names = np.array(users.segment_names())[items.user_idx]
+    out: dict[str, list] = {}
+    for j, name in enumerate(names):
+        if len(out.setdefault(str(name), [])) < per_segment:
+            out[str(name)].append(
+                {"prompt": items.prompts[j], **{p: r[j] for p, r in replies.items()}}
+            )
+    return out

@@ -1,0 +1,359 @@
+"""The closed loop: collect → segment → reward → policy → evaluate, one round at a time.
+
+Each round:
+
+1. **collect**: the current policies (the base model in round 0, then the previous round's
+   adapters, each user routed by their segment) answer the simulated users' prompts, some turns
+   as A/B pairs; the users' feedback goes through the feedback store like real users' would;
+2. **segment**: segmentation refits on everything in the store, keeping segment ids stable;
+3. **reward**: the segment-conditioned reward model trains on the store's preference export;
+4. **policy**: the policies train (DPO / KTO on the store's exports, plus pairs the reward model
+   ranks among sampled replies; GRPO / RLOO online against the reward model or the simulator);
+5. **evaluate**: the simulator's hidden truth scores base, global and personalized policies.
+
+Files: ``RUN_DIR/feedback.db`` (unless ``store.url``), ``metrics.jsonl``, ``config.yaml``,
+``wandb/``, and ``round_N/`` with ``segmenter/``, ``reward/``, ``policy/``, ``samples.json``
+and ``round.json`` (written last: a round without it is redone on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, concatenate_datasets
+from rich.console import Console
+from rich.table import Table
+
+from rlhf_persona.config import ExperimentConfig
+from rlhf_persona.tracking import Run, start_run
+
+console = Console()
+ROUND_DONE = "round.json"
+STREAM_COLLECT = 201
+
+
+@dataclass
+class LoopState:
+    """What one round hands to the next."""
+
+    round: int = 0
+    registry_dir: Path | None = None
+    segmenter_dir: Path | None = None
+    stage_s: dict = field(default_factory=dict)
+
+
+@contextmanager
+def _stage(timings: dict, name: str):
+    console.print(f"[bold]· {name}[/bold]")
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 2)
+
+
+class Loop:
+    """Runs the rounds of one experiment config; ``run()`` resumes after the last done round."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        from rlhf_persona.feedback import FeedbackStore
+        from rlhf_persona.simulation import FeedbackSimulator, load_population
+
+        self.cfg = cfg
+        self.dir = cfg.run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        population = load_population(cfg.population.name)
+        self.users = population.sample_users(cfg.population.users, seed=cfg.run.seed)
+        self.sim = FeedbackSimulator(self.users, seed=cfg.run.seed, embed=cfg.loop.embed_features)
+        self.store = FeedbackStore(cfg.store.url or (self.dir / "feedback.db"))
+        self.store.upsert_users(self.users.records())
+
+    # -- orchestration --------------------------------------------------------------------
+    def run(self) -> dict:
+        state = self._resume_state()
+        with start_run(self.cfg, resume=state.round > 0) as run:
+            if state.round > 0:
+                console.print(f"resuming after round {state.round - 1}")
+            last = None
+            for r in range(state.round, self.cfg.loop.rounds):
+                last = self.run_round(r, state, run)
+            summary = last or self._read_round(self.cfg.loop.rounds - 1)
+            run.summary({"final": summary["eval"]})
+        return summary
+
+    def run_round(self, r: int, state: LoopState, run: Run) -> dict:
+        cfg = self.cfg
+        rdir = self.dir / f"round_{r}"
+        rdir.mkdir(parents=True, exist_ok=True)
+        timings: dict = {}
+        console.rule(f"round {r}")
+        with _stage(timings, "collect"):
+            collected = self.collect(r, state)
+        with _stage(timings, "segment"):
+            segmenter = self.segment(r, state, rdir)
+            assignments = self.store.current_segments(f"round-{r}")
+            cards = {c.segment_id: c.persona_text for c in segmenter.cards_}
+        with _stage(timings, "reward"):
+            rm = self.train_reward(rdir, assignments, cards, run)
+        with _stage(timings, "policy"):
+            registry = self.train_policy(r, state, rdir, assignments, cards, rm, run)
+        with _stage(timings, "evaluate"):
+            metrics, samples = self.evaluate(r, registry, rm, assignments)
+        sizes = {str(c.segment_id): int(c.size) for c in segmenter.cards_}
+        record = {"round": r, "collected": collected, "segment_sizes": sizes, **metrics}
+        run.log({**record, "stage_s": timings}, step=r, stage="eval")
+        (rdir / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False))
+        done = {"round": r, "eval": record, "stage_s": timings}
+        (rdir / ROUND_DONE).write_text(json.dumps(done, indent=1))
+        state.round, state.registry_dir, state.segmenter_dir = r + 1, registry.root, rdir / "seg"
+        print_round_table(record)
+        return done
+
+    # -- stages ---------------------------------------------------------------------------
+    def _generator(self, registry_dir: Path | None):
+        from rlhf_persona.policy import AdapterRegistry, PolicyGenerator
+
+        m = self.cfg.models
+        registry = (
+            AdapterRegistry.load(registry_dir)
+            if registry_dir is not None
+            else AdapterRegistry(self.dir / "base", m.policy)
+        )
+        return PolicyGenerator(registry, device=m.device, bf16=m.bf16, cache_dir=m.cache_dir)
+
+    def collect(self, r: int, state: LoopState) -> dict:
+        """Current policies answer every user's prompts; feedback goes into the store."""
+        from rlhf_persona.policy.registry import BASE
+        from rlhf_persona.simulation import sample_prompts
+
+        lc, seed = self.cfg.loop, self.cfg.run.seed
+        generator = self._generator(state.registry_dir)
+        assignments = self.store.current_segments(f"round-{r - 1}") if r > 0 else {}
+        idx = np.repeat(np.arange(len(self.users)), lc.prompts_per_user)
+        prompts, _ = sample_prompts(self.users, idx, seed=seed, round=r)
+        keys = [assignments.get(self.users.ids[i], BASE) for i in idx]
+        gen = {"max_new_tokens": lc.max_new_tokens, "temperature": lc.temperature}
+        replies = generator.generate(keys, prompts, seed=seed + 1000 * r, **gen)
+        ab = np.random.default_rng([seed, STREAM_COLLECT, r]).random(len(idx)) < lc.ab_share
+        ab_pos = np.flatnonzero(ab)
+        others = generator.generate(
+            [keys[j] for j in ab_pos], [prompts[j] for j in ab_pos], seed=seed + 1000 * r + 1, **gen
+        )
+        self._record_replies(generator, keys, prompts, replies, ab_pos, others)
+        single = np.flatnonzero(~ab)
+        events = self.sim.respond(
+            idx[single], [prompts[j] for j in single], [replies[j] for j in single], round=r
+        ) + self.sim.respond(
+            idx[ab_pos], [prompts[j] for j in ab_pos], [replies[j] for j in ab_pos], others, round=r
+        )
+        results = self.store.record_events(events)
+        statuses: dict[str, int] = {}
+        for res in results:
+            statuses[res.status] = statuses.get(res.status, 0) + 1
+        return {"turns": len(idx), "ab_turns": len(ab_pos), "events": statuses}
+
+    def _record_replies(self, generator, keys, prompts, replies, ab_pos, others) -> None:
+        """Store each reply with the policy that produced it (events then refer to them)."""
+        rows = [(keys[j], prompts[j], replies[j]) for j in range(len(prompts))]
+        rows += [(keys[j], prompts[j], o) for j, o in zip(ab_pos, others, strict=True)]
+        for key, prompt, reply in rows:
+            segment = key if isinstance(key, int) else None
+            self.store.add_reply(prompt, reply, policy=generator.label(key), segment=segment)
+
+    def segment(self, r: int, state: LoopState, rdir: Path):
+        from rlhf_persona.segmentation import fit_from_store
+
+        return fit_from_store(
+            self.store,
+            self.cfg.segmentation,
+            run_id=f"round-{r}",
+            previous_dir=state.segmenter_dir,
+            out_dir=rdir / "seg",
+            seed=self.cfg.run.seed,
+        )
+
+    def train_reward(self, rdir: Path, assignments: dict, cards: dict, run: Run):
+        from rlhf_persona.feedback.export import export_preference
+        from rlhf_persona.reward import build_reward_model
+
+        data, report = export_preference(self.store, assignments)
+        run.log({"export": report}, stage="reward")
+        rm = build_reward_model(self.cfg.reward, self.cfg.models.encoder, cards)
+        rm.fit(data, run=run)
+        rm.save(rdir / "reward")
+        return rm
+
+    def train_policy(self, r, state, rdir, assignments, cards, rm, run):
+        from rlhf_persona.policy import train_policies
+
+        cfg = self.cfg
+        data = self._policy_data(r, state, assignments, rm)
+        init = None
+        if state.registry_dir is not None and cfg.loop.continue_adapters:
+            from rlhf_persona.policy import AdapterRegistry
+
+            init = AdapterRegistry.load(state.registry_dir)
+        return train_policies(
+            cfg.policy,
+            cfg.models.policy,
+            data,
+            cards,
+            rdir / "policy",
+            reward_fn=self._online_reward(rm, assignments),
+            run=run,
+            round=r,
+            device=cfg.models.device,
+            bf16=cfg.models.bf16,
+            cache_dir=cfg.models.cache_dir,
+            seed=cfg.run.seed,
+            init_from=init,
+        )
+
+    def _policy_data(self, r, state, assignments, rm) -> Dataset:
+        """The store's export for the algorithm, plus reward-model-ranked pairs if configured."""
+        from rlhf_persona.feedback.export import export_kto, export_preference
+
+        algo = self.cfg.policy.algorithm
+        exported, _ = (export_kto if algo == "kto" else export_preference)(self.store, assignments)
+        if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ("grpo", "rloo"):
+            return exported
+        ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo == "kto")
+        if len(ranked) == 0:
+            return exported
+        ranked = ranked.select_columns(exported.column_names).cast(exported.features)
+        return concatenate_datasets([exported, ranked])
+
+    def _ranked_pairs(self, r, state, assignments, rm, kto: bool) -> Dataset:
+        """Best-vs-worst of n sampled replies per prompt under the segment's reward model
+        (iterative / online DPO): many clean pairs per segment from few user labels."""
+        from rlhf_persona.simulation import sample_prompts
+
+        lc, seed = self.cfg.loop, self.cfg.run.seed
+        generator = self._generator(state.registry_dir)
+        rng = np.random.default_rng([seed, STREAM_COLLECT + 1, r])
+        by_seg: dict[int, list[int]] = {}
+        for i, uid in enumerate(self.users.ids):
+            if uid in assignments:
+                by_seg.setdefault(int(assignments[uid]), []).append(i)
+        rows: dict[str, list] = {}
+        for seg, members in sorted(by_seg.items()):
+            idx = rng.choice(members, size=lc.rm_pairs_per_segment, replace=True)
+            prompts, _ = sample_prompts(self.users, idx, seed=seed + 7, round=r)
+            cands = [
+                generator.generate(
+                    [seg] * len(prompts),
+                    prompts,
+                    max_new_tokens=lc.max_new_tokens,
+                    temperature=lc.temperature,
+                    seed=seed + 31 * k + 1000 * r,
+                )
+                for k in range(lc.rm_candidates)
+            ]
+            scores = np.stack([rm.score([seg] * len(prompts), prompts, c) for c in cands])
+            best, worst = scores.argmax(0), scores.argmin(0)
+            for j, prompt in enumerate(prompts):
+                if best[j] == worst[j]:
+                    continue
+                chosen, rejected = cands[best[j]][j], cands[worst[j]][j]
+                if kto:
+                    for text, label in ((chosen, True), (rejected, False)):
+                        _append(rows, prompt=prompt, completion=text, label=label,
+                                user_id=self.users.ids[idx[j]], segment_id=seg)
+                else:
+                    margin = float(scores[best[j], j] - scores[worst[j], j])
+                    _append(rows, prompt=prompt, chosen=chosen, rejected=rejected, margin=margin,
+                            user_id=self.users.ids[idx[j]], segment_id=seg)
+        return Dataset.from_dict(rows)
+
+    def _online_reward(self, rm, assignments):
+        if self.cfg.policy.algorithm not in ("grpo", "rloo"):
+            return None
+        if self.cfg.loop.online_reward == "model":
+            from rlhf_persona.reward import make_reward_fn
+
+            return make_reward_fn(rm)
+        return simulated_thumbs_reward(self.sim, assignments, self.cfg.run.seed)
+
+    def evaluate(self, r, registry, rm, assignments):
+        from rlhf_persona.evaluation import eval_items, evaluate_policies
+        from rlhf_persona.policy import PolicyGenerator
+
+        lc, m = self.cfg.loop, self.cfg.models
+        items = eval_items(
+            self.users, assignments, lc.eval_users_per_segment, lc.eval_prompts_per_user,
+            self.cfg.run.seed,
+        )
+        generator = PolicyGenerator(registry, device=m.device, bf16=m.bf16, cache_dir=m.cache_dir)
+        return evaluate_policies(
+            self.users, items, generator, rm, round=r, embed=lc.embed_features,
+            seed=self.cfg.run.seed + 5000, max_new_tokens=lc.max_new_tokens,
+            temperature=lc.temperature,
+        )
+
+    # -- resume ---------------------------------------------------------------------------
+    def _read_round(self, r: int) -> dict:
+        return json.loads((self.dir / f"round_{r}" / ROUND_DONE).read_text())
+
+    def _resume_state(self) -> LoopState:
+        state = LoopState()
+        while (self.dir / f"round_{state.round}" / ROUND_DONE).exists():
+            rdir = self.dir / f"round_{state.round}"
+            state.registry_dir, state.segmenter_dir = rdir / "policy", rdir / "seg"
+            state.round += 1
+        return state
+
+
+def _append(rows: dict[str, list], **values) -> None:
+    for key, value in values.items():
+        rows.setdefault(key, []).append(value)
+
+
+def simulated_thumbs_reward(sim, assignments: dict, seed: int):
+    """GRPO/RLOO reward from simulated users' thumbs: each completion is rated (+1/-1) by a
+    random user of the row's segment, as live users would rate it online."""
+    users = sim.users
+    members: dict[int, np.ndarray] = {}
+    for i, uid in enumerate(users.ids):
+        if uid in assignments:
+            members.setdefault(int(assignments[uid]), []).append(i)
+    members = {s: np.array(v) for s, v in members.items()}
+    rng = np.random.default_rng([seed, 303])
+
+    def reward_fn(prompts, completions, segment_id, **kwargs) -> list[float]:
+        from rlhf_persona.reward.data import message_text
+
+        texts = [message_text(p, "user") for p in prompts]
+        replies = [message_text(c, "assistant") for c in completions]
+        idx = np.array([rng.choice(members[int(s)]) for s in segment_id])
+        batch, _ = sim.respond_texts(idx, texts, replies, kind="thumbs")
+        return [float(v) for v in batch.value]
+
+    reward_fn.__name__ = "simulated_thumbs"
+    return reward_fn
+
+
+def print_round_table(record: dict) -> None:
+    table = Table(title=f"round {record['round']}: true thumbs-up rate per segment")
+    for col in ("segment", "base", "global", "personalized", "gain"):
+        table.add_column(col)
+    for seg, vals in sorted(record["segments"].items()):
+        b, g, p = (vals[k]["thumbs_up"] for k in ("base", "global", "personalized"))
+        table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}")
+    console.print(table)
+    kl = record.get("kl", {})
+    console.print(
+        f"KL from base (nats/reply): global {kl.get('global', float('nan')):.3f}, "
+        f"personalized {kl.get('personalized', float('nan')):.3f}; "
+        f"spread (best − worst segment) {record.get('spread', float('nan')):.3f}"
+    )
+
+
+def run_loop(cfg: ExperimentConfig) -> tuple[dict, Path]:
+    """Run (or resume) the loop, then write the report; returns the last round and report path."""
+    from rlhf_persona.report import write_report
+
+    summary = Loop(cfg).run()
+    return summary, write_report(cfg.run_dir)
