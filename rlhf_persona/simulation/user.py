@@ -52,6 +52,14 @@ REASON_TAGS: dict[str, tuple[str | None, str | None]] = {
 _TAG_TABLE = np.array([REASON_TAGS[f] for f in FEATURE_NAMES], dtype=object)  # [F, 2]
 
 
+def _batch_crc(*columns) -> int:
+    """CRC-32 of text columns (joined at C speed: one pass, not one hash per event)."""
+    crc = 0
+    for col in columns:
+        crc = zlib.crc32("\x1f".join(col).encode(), crc)
+    return crc
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
 
@@ -199,17 +207,16 @@ class FeedbackSimulator:
     ) -> list[dict]:
         """Event dicts (the feedback store's contract) for every non-abstaining row.
 
-        ``event_id`` = simulator prefix (population, users' seed, feedback seed), round, event
-        number and a CRC of (user, prompt, replies): replaying the same simulation gives the
-        same ids, and two simulators misconfigured with one seed (practically) never share an id for
-        different events.
+        ``event_id`` = simulator prefix (population, users' seed, feedback seed), round, a CRC
+        of the batch's content (users, prompts, replies, values) and the event number: replaying
+        a simulation gives the same ids, and two simulators misconfigured with one seed
+        (practically) never give one id to different events.
         """
         rows = np.flatnonzero(batch.kind != ABSTAIN)
         start = self.n_events
         self.n_events += len(rows)
         seconds = START_TIME + batch.round * ROUND_SECONDS + start + np.arange(len(rows))
         stamps = np.datetime_as_string(seconds, unit="s", timezone="UTC").tolist()
-        prefix = f"{self._id_prefix}-r{batch.round}-"
         # Column lists first (list comprehensions), then one dict per event.
         ids = self.users.ids
         uids = [ids[i] for i in batch.user_idx[rows].tolist()]
@@ -221,15 +228,14 @@ class FeedbackSimulator:
         if other_replies is not None:
             pair = zip(rows_l, kinds, strict=True)
             o_col = [other_replies[r] if k == PAIRWISE else None for r, k in pair]
-        crcs = [
-            zlib.crc32(f"{u}\x1f{p}\x1f{r}\x1f{o}".encode())
-            for u, p, r, o in zip(uids, p_col, r_col, o_col, strict=True)
-        ]
+        values = batch.value[rows].tolist()
+        fingerprint = _batch_crc(uids, p_col, r_col, [o or "" for o in o_col], map(str, values))
+        prefix = f"{self._id_prefix}-r{batch.round}-{fingerprint:08x}-"
         tags = batch.tags
         with no_gc():  # only acyclic dicts are built: skip the collector's repeated passes
             return [
                 {
-                    "event_id": f"{prefix}{start + j}-{crc:08x}",
+                    "event_id": f"{prefix}{start + j}",
                     "user_id": u,
                     "kind": CHANNELS[k],
                     "prompt": p,
@@ -240,9 +246,8 @@ class FeedbackSimulator:
                     "comment": None,
                     "created_at": t,
                 }
-                for j, (row, u, k, p, r, o, v, t, crc) in enumerate(
-                    zip(rows_l, uids, kinds, p_col, r_col, o_col, batch.value[rows].tolist(),
-                        stamps, crcs, strict=True)
+                for j, (row, u, k, p, r, o, v, t) in enumerate(
+                    zip(rows_l, uids, kinds, p_col, r_col, o_col, values, stamps, strict=True)
                 )
             ]  # fmt: skip
 
