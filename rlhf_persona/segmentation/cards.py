@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from rlhf_persona.segmentation.features import MISSING, UserTable, infer_profile_schema
 
@@ -66,7 +67,7 @@ def build_cards(
 
     ``counts`` (segment id → users) gives sizes and shares when ``table`` is a sample.
     """
-    schema = infer_profile_schema(table.profiles)
+    columns = profile_columns(table.profiles, infer_profile_schema(table.profiles))
     if counts is None:
         counts = {int(s): int((segments == s).sum()) for s in np.unique(segments)}
     total = sum(counts.values())
@@ -77,7 +78,7 @@ def build_cards(
             segment_id=int(seg),
             size=int(counts[seg]),
             share=round(counts[seg] / total, 4),
-            attributes=profile_lifts(table.profiles, schema, members),
+            attributes=profile_lifts(columns, members),
             n_with_feedback=int((table.n_feedback[members] > 0).sum()),
         )
         if table.behaviour_mode == "items":
@@ -89,50 +90,57 @@ def build_cards(
     return cards
 
 
-def profile_lifts(profiles: list[dict], schema: dict[str, str], members: np.ndarray) -> list[dict]:
-    """Profile values over-represented among ``members``: share inside, overall, and lift."""
-    found = []
+def profile_columns(profiles: list[dict], schema: dict[str, str]) -> dict[str, tuple]:
+    """Per attribute: ``("numeric", values)`` with NaN for missing, or ``(kind, rows, codes,
+    names)``: one entry per (user row, value) pair — a list attribute gives several."""
+    out: dict[str, tuple] = {}
     for key, kind in schema.items():
         values = [(p or {}).get(key) for p in profiles]
         if kind == "numeric":
-            found.extend(_numeric_shift(key, values, members))
+            x = [float(v) if isinstance(v, int | float) else np.nan for v in values]
+            out[key] = ("numeric", np.array(x, dtype=np.float64))
             continue
-        sets = [
-            {str(x) for x in v}
-            if isinstance(v, list | tuple | set)
-            else ({str(v)} if v is not None else set())
-            for v in values
-        ]
-        n_in, n_all = int(members.sum()), len(sets)
-        if n_in == 0:
+        as_lists = pd.Series(
+            [v if isinstance(v, list | tuple | set) else ([] if v is None else [v]) for v in values]
+        )
+        flat = as_lists.explode().dropna().astype(str)
+        codes, names = pd.factorize(flat)
+        out[key] = (kind, flat.index.to_numpy(), codes, [str(n) for n in names])
+    return out
+
+
+def profile_lifts(columns: dict[str, tuple], members: np.ndarray) -> list[dict]:
+    """Profile values over-represented among ``members``: share inside, overall, and lift."""
+    n_in, n_all = int(members.sum()), len(members)
+    if n_in == 0:
+        return []
+    found = []
+    for key, column in columns.items():
+        if column[0] == "numeric":
+            found.extend(_numeric_shift(key, column[1], members))
             continue
-        counts_in: dict[str, int] = {}
-        counts_all: dict[str, int] = {}
-        for s, inside in zip(sets, members, strict=True):
-            for v in s:
-                counts_all[v] = counts_all.get(v, 0) + 1
-                if inside:
-                    counts_in[v] = counts_in.get(v, 0) + 1
-        for value, c_in in counts_in.items():
-            share_in, share_all = c_in / n_in, counts_all[value] / n_all
+        kind, rows, codes, names = column
+        count_all = np.bincount(codes, minlength=len(names))
+        count_in = np.bincount(codes[members[rows]], minlength=len(names))
+        for j in np.flatnonzero(count_in):
+            share_in, share_all = count_in[j] / n_in, count_all[j] / n_all
             lift = share_in / share_all
-            if value != MISSING and share_in >= MIN_SHARE_IN and lift >= MIN_LIFT:
+            if names[j] != MISSING and share_in >= MIN_SHARE_IN and lift >= MIN_LIFT:
                 found.append(
                     {
                         "attribute": key,
                         "kind": kind,
-                        "value": value,
-                        "share_in_segment": round(share_in, 3),
-                        "share_overall": round(share_all, 3),
-                        "lift": round(lift, 3),
+                        "value": names[j],
+                        "share_in_segment": round(float(share_in), 3),
+                        "share_overall": round(float(share_all), 3),
+                        "lift": round(float(lift), 3),
                     }
                 )
     found.sort(key=lambda a: (-a["lift"], a["attribute"], str(a["value"])))
     return found[:TOP_ATTRIBUTES]
 
 
-def _numeric_shift(key: str, values: list, members: np.ndarray) -> list[dict]:
-    x = np.array([float(v) if isinstance(v, int | float) else np.nan for v in values])
+def _numeric_shift(key: str, x: np.ndarray, members: np.ndarray) -> list[dict]:
     ok = ~np.isnan(x)
     if ok.sum() < 2 or not (ok & members).any():
         return []

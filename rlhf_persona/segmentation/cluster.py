@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import silhouette_score
@@ -17,8 +18,8 @@ from threadpoolctl import threadpool_limits
 MINIBATCH_THRESHOLD = 50_000
 # choose_k fits each candidate k on at most this many users and scores silhouette on fewer:
 # silhouette is O(n²), and the shape of the data shows on a sample.
-K_SEARCH_SAMPLE = 20_000
-SILHOUETTE_SAMPLE = 4_000
+K_SEARCH_SAMPLE = 10_000
+SILHOUETTE_SAMPLE = 2_500
 PREDICT_CHUNK = 262_144
 # Below this many users one thread is as fast, and it avoids OpenMP/BLAS spin-waiting, which on
 # a busy machine turns a 400-user K-means from milliseconds into seconds (measured: 0.1 s vs 8 s).
@@ -132,8 +133,11 @@ def merge_small(
 
 def cluster_means(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Mean of X per label (float32 [k, D]); empty clusters get zeros."""
-    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, X)
+    # A sparse one-hot (k × n) times X: one pass in C, unlike np.add.at.
+    onehot = sparse.csr_matrix(
+        (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels))
+    )
+    sums = np.asarray(onehot @ X.astype(np.float64))
     counts = np.bincount(labels, minlength=k).reshape(-1, 1)
     return (sums / np.maximum(counts, 1)).astype(np.float32)
 

@@ -38,6 +38,7 @@ MISSING = "(missing)"
 # grouped into one "infrequent" column.
 MAX_CATEGORIES = 32
 MAX_MULTI_CLASSES = 64
+SCHEMA_SAMPLE = 5_000
 
 
 @dataclass
@@ -182,30 +183,35 @@ def vote_matrix(
 # --- profile ------------------------------------------------------------------------------------
 
 
-def infer_profile_schema(profiles: list[dict]) -> dict[str, str]:
+def _kind(value) -> str | None:
+    if isinstance(value, list | tuple | set):
+        return "multi"
+    if isinstance(value, str | bool):
+        return "categorical"
+    if isinstance(value, Number):
+        return "numeric"
+    return None  # missing, or a nested object: not a feature
+
+
+def infer_profile_schema(profiles: list[dict], sample: int = SCHEMA_SAMPLE) -> dict[str, str]:
     """Attribute → kind (``categorical`` | ``numeric`` | ``multi``) from the values seen.
 
     Strings and booleans are categorical, numbers numeric, lists of strings multi-valued; an
-    attribute whose values mix kinds is treated as categorical (its values as strings).
+    attribute whose values mix kinds is treated as categorical (its values as strings). Every
+    attribute of every profile is found; kinds are read on an evenly spaced sample (a million
+    profiles need not all be inspected), and on all profiles for attributes the sample misses.
     """
-    kinds: dict[str, set[str]] = {}
-    for profile in profiles:
-        for key, value in (profile or {}).items():
-            if value is None:
-                continue
-            if isinstance(value, list | tuple | set):
-                kind = "multi"
-            elif isinstance(value, Number) and not isinstance(value, bool):
-                kind = "numeric"
-            elif isinstance(value, str | bool):
-                kind = "categorical"
-            else:
-                continue  # nested objects: not a feature
-            kinds.setdefault(str(key), set()).add(kind)
-    return {
-        key: (next(iter(found)) if len(found) == 1 else "categorical")
-        for key, found in sorted(kinds.items())
-    }
+    present = [p for p in profiles if p]
+    keys = set().union(*present) if present else set()
+    sampled = present[:: max(1, len(present) // sample)]
+    schema = {}
+    for key in sorted(keys, key=str):
+        found = {_kind(p.get(key)) for p in sampled} - {None}
+        if not found:
+            found = {_kind(p.get(key)) for p in present if key in p} - {None}
+        if found:
+            schema[str(key)] = found.pop() if len(found) == 1 else "categorical"
+    return schema
 
 
 def profile_frame(profiles: list[dict], schema: dict[str, str]) -> pd.DataFrame:
@@ -218,9 +224,7 @@ def profile_frame(profiles: list[dict], schema: dict[str, str]) -> pd.DataFrame:
                 [float(v) if isinstance(v, Number) else np.nan for v in values], dtype="float64"
             )
         elif kind == "multi":
-            columns[key] = [
-                [str(x) for x in v] if isinstance(v, list | tuple | set) else [] for v in values
-            ]
+            columns[key] = [v if isinstance(v, list | tuple | set) else () for v in values]
         else:
             columns[key] = np.array(
                 [MISSING if v is None else str(v) for v in values], dtype=object
@@ -244,25 +248,20 @@ class MultiHotEncoder(TransformerMixin, BaseEstimator):
         self.columns_ = [str(c) for c in frame.columns]
         self.classes_ = []
         for col in frame.columns:
-            counts = pd.Series([v for row in frame[col] for v in row], dtype=object).value_counts()
-            kept = counts.index[: self.max_classes]
-            self.classes_.append(sorted(str(v) for v in kept))
+            counts = _exploded(frame[col]).value_counts()
+            self.classes_.append(sorted(str(v) for v in counts.index[: self.max_classes]))
         return self
 
     def transform(self, X):
-        frame = pd.DataFrame(X)
+        frame = pd.DataFrame(X).reset_index(drop=True)
         blocks = []
         for col, classes in zip(frame.columns, self.classes_, strict=True):
-            pos = {c: j for j, c in enumerate(classes)}
+            values = _exploded(frame[col])
+            # Vectorised lookup (a million users' lists in well under a second): value → code.
+            codes = pd.Categorical(values.to_numpy(), categories=classes).codes
+            known = codes >= 0
             block = np.zeros((len(frame), len(classes)), dtype=np.float32)
-            rows, cols = [], []
-            for i, row in enumerate(frame[col]):
-                for v in row:
-                    j = pos.get(v)
-                    if j is not None:
-                        rows.append(i)
-                        cols.append(j)
-            block[rows, cols] = 1.0
+            block[values.index.to_numpy()[known], codes[known]] = 1.0
             blocks.append(block)
         return np.hstack(blocks) if blocks else np.zeros((len(frame), 0), np.float32)
 
@@ -275,6 +274,12 @@ class MultiHotEncoder(TransformerMixin, BaseEstimator):
             ],
             dtype=object,
         )
+
+
+def _exploded(column: pd.Series) -> pd.Series:
+    """One row per list element (as str), indexed by the user's row; empty lists dropped."""
+    values = column.explode().dropna()
+    return values.astype(str)
 
 
 class BlockScaler(TransformerMixin, BaseEstimator):
@@ -294,14 +299,23 @@ class BlockScaler(TransformerMixin, BaseEstimator):
         return (np.asarray(X, dtype=np.float32) * np.float32(self.scale_)).astype(np.float32)
 
 
-def build_profile_pipeline(schema: dict[str, str]) -> Pipeline:
-    """The profile block: ColumnTransformer by attribute kind, then block scaling."""
+def build_profile_pipeline(schema: dict[str, str], frame: pd.DataFrame) -> Pipeline:
+    """The profile block: ColumnTransformer by attribute kind, then block scaling.
+
+    Each string attribute keeps its ``MAX_CATEGORIES`` most frequent values in ``frame`` (the
+    rest, and values unseen later, encode as all zeros). Passing the categories explicitly
+    also avoids OneHotEncoder's per-element infrequent-category pass (5 s per million users).
+    """
     by_kind = {k: [c for c, kind in schema.items() if kind == k] for k in schema.values()}
     parts = []
     if by_kind.get("categorical"):
+        categories = [
+            sorted(frame[c].value_counts().index[:MAX_CATEGORIES].astype(str))
+            for c in by_kind["categorical"]
+        ]
         onehot = OneHotEncoder(
-            handle_unknown="infrequent_if_exist",
-            max_categories=MAX_CATEGORIES,
+            categories=categories,
+            handle_unknown="ignore",
             sparse_output=False,
             dtype=np.float32,
         )
@@ -360,8 +374,9 @@ class UserFeaturizer(TransformerMixin, BaseEstimator):
         self.schema_ = infer_profile_schema(table.profiles)
         self.profile_, profile = None, None
         if self.schema_:
-            pipe = build_profile_pipeline(self.schema_)
-            profile = pipe.fit_transform(profile_frame(table.profiles, self.schema_))
+            frame = profile_frame(table.profiles, self.schema_)
+            pipe = build_profile_pipeline(self.schema_, frame)
+            profile = pipe.fit_transform(frame)
             if pipe.named_steps["block"].scale_ > 0:  # every user alike: carries no information
                 self.profile_ = pipe
             else:

@@ -38,8 +38,8 @@ FORMAT = "rlhf_persona.segmenter"
 FORMAT_VERSION = 1
 # Cards and the cold-start classifier are fitted on a sample for very large populations: both
 # are statistics of the segments, which a few tens of thousands of users pin down.
-CARD_SAMPLE = 50_000
-CLASSIFIER_SAMPLE = 100_000
+CARD_SAMPLE = 20_000
+CLASSIFIER_SAMPLE = 30_000
 # Types inside featurizer.skops that loading may construct (besides scikit-learn's, which skops
 # trusts by default). Anything else in the file is refused.
 TRUSTED_TYPES = [
