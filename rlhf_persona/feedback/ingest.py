@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
 from rlhf_persona.feedback.models import utcnow
@@ -37,7 +37,7 @@ Status = Literal["created", "duplicate", "updated", "error"]
 _IN_CHUNK = 900  # rows per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventResult:
     """What happened to one event. ``code`` is the HTTP status of an error (404 unknown id,
     409 reused event id, 410 deleted user, 422 invalid), ``field`` the input it is about."""
@@ -54,14 +54,18 @@ class EventResult:
         return getattr(self, key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The fields that are set (orjson also serialises the dataclass itself, with nulls)."""
+        return {k: v for k in _RESULT_FIELDS if (v := getattr(self, k)) is not None}
 
     @classmethod
     def error(cls, event_id: str | None, exc: StoreError) -> EventResult:
         return cls(event_id, "error", exc.detail, exc.field, exc.status_code)
 
 
-@dataclass
+_RESULT_FIELDS = tuple(EventResult.__dataclass_fields__)
+
+
+@dataclass(slots=True)
 class _Item:
     """An event on its way in: validated input plus what the batch resolved for it."""
 
@@ -76,6 +80,7 @@ class _Item:
     user_pk: int = 0
     reply_pk: int = 0
     other_pk: int | None = None
+    event_pk: int = 0
 
     def current_key(self) -> tuple[int, int, int, str]:
         # A pair is one choice whichever reply came first: the key holds it in canonical order.
@@ -87,22 +92,34 @@ class _Item:
 
 class _Sql:
     """Driver-level SQL for SQLite (``?`` placeholders, text timestamps, JSON as text) and
-    PostgreSQL via psycopg (``%s``, timestamptz, JSONB)."""
+    PostgreSQL via psycopg (``%s``, timestamptz, JSONB), on the DBAPI cursor of a connection
+    whose transaction SQLAlchemy manages."""
 
     def __init__(self, conn: sa.Connection) -> None:
-        self.conn = conn
         self.pg = conn.dialect.name == "postgresql"
+        self.cursor = conn.connection.dbapi_connection.cursor()
+        self.dbapi = conn.dialect.loaded_dbapi
+        self._last_ts: datetime | None = None
+        self._last_text = ""
         if self.pg:
             from psycopg.types.json import Jsonb
 
             self._jsonb = Jsonb
 
-    def run(self, sql: str, params: Sequence[Any] | list[tuple] = ()) -> Any:
-        return self.conn.exec_driver_sql(sql.replace("?", "%s") if self.pg else sql, params)
+    def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._call(self.cursor.execute, sql, params)
 
     def many(self, sql: str, rows: list[tuple]) -> None:
         if rows:
-            self.run(sql, rows)
+            self._call(self.cursor.executemany, sql, rows)
+
+    def _call(self, method: Callable, sql: str, params: Any) -> Any:
+        sql = sql.replace("?", "%s") if self.pg else sql
+        try:
+            method(sql, params)
+        except self.dbapi.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
+            raise sa.exc.DBAPIError.instance(sql, None, exc, self.dbapi.Error) from exc
+        return self.cursor
 
     def select_in(self, sql: str, values: Sequence[Any], width: int = 1) -> list[tuple]:
         """Run ``sql`` with ``{marks}`` filled by placeholders for ``values``, in chunks: an
@@ -155,7 +172,7 @@ def record_events(
     store: FeedbackStore, events: Iterable[Any], create_users: bool
 ) -> list[EventResult]:
     """See ``FeedbackStore.record_events``."""
-    events = list(events)
+    events = _validated(list(events))
     results: list[EventResult | None] = [None] * len(events)
     pending: list[_Item] = []
     first_of: dict[str, int] = {}
@@ -175,6 +192,20 @@ def record_events(
     for index, first in repeats:
         results[index] = _repeat(results[first])
     return results  # type: ignore[return-value]
+
+
+_EVENT_LIST = TypeAdapter(list[FeedbackEventIn])
+
+
+def _validated(events: list[Any]) -> list[Any]:
+    """Validate a batch of dicts in one call when it is all valid (the common case); otherwise
+    leave it to ``_prepare`` to answer each event on its own."""
+    if not events or all(isinstance(ev, FeedbackEventIn) for ev in events):
+        return events
+    try:
+        return _EVENT_LIST.validate_python(events)
+    except ValidationError:
+        return events
 
 
 def _prepare(index: int, raw: Any, now: datetime, results: list) -> _Item | None:
@@ -263,15 +294,16 @@ def _insert_events(sql: _Sql, items: list[_Item], results: list, fail) -> list[_
          it.payload_hash)
         for it in items
     ]  # fmt: skip
-    inserted = {
-        event_id
-        for (event_id,) in sql.insert_values(
+    inserted = dict(
+        sql.insert_values(
             "INSERT INTO feedback_events (event_id, user_pk, kind, reply_pk, other_reply_pk,"
             " value, reason_tags, comment, created_at, received_at, payload_hash) VALUES {marks}"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id",
             rows,
         )
-    }
+    )
+    for it in items:
+        it.event_pk = inserted.get(it.ev.event_id, 0)
     if len(inserted) == len(items):
         return items
     lost = [it for it in items if it.ev.event_id not in inserted]
@@ -408,7 +440,7 @@ def _update_current(sql: _Sql, items: list[_Item]) -> dict[int, tuple[Status, st
         " SELECT c.user_pk, c.reply_pk, c.other_key, c.kind, c.created_at"
         " FROM k JOIN feedback_current c ON c.user_pk = k.u AND c.reply_pk = k.r"
         " AND c.other_key = k.o AND c.kind = k.kd"
-    )
+    )  # a row-value IN (...) made SQLite scan the table; the join uses the primary key
     current = {tuple(row[:4]): sql.ts_in(row[4]) for row in sql.select_in(query, keys, width=4)}
     statuses: dict[int, tuple[Status, str | None]] = {}
     final: dict[tuple, _Item] = {}
@@ -424,11 +456,11 @@ def _update_current(sql: _Sql, items: list[_Item]) -> dict[int, tuple[Status, st
     now = sql.ts(utcnow())
     sql.many(
         "INSERT INTO feedback_current"
-        " (user_pk, reply_pk, other_key, kind, event_id, created_at, updated_at)"
+        " (user_pk, reply_pk, other_key, kind, event_pk, created_at, updated_at)"
         " VALUES (?,?,?,?,?,?,?) ON CONFLICT (user_pk, reply_pk, other_key, kind) DO UPDATE SET"
-        " event_id = excluded.event_id, created_at = excluded.created_at,"
+        " event_pk = excluded.event_pk, created_at = excluded.created_at,"
         " updated_at = excluded.updated_at"
         " WHERE feedback_current.created_at <= excluded.created_at",
-        [(*key, it.ev.event_id, sql.ts(it.created_at), now) for key, it in final.items()],
+        [(*key, it.event_pk, sql.ts(it.created_at), now) for key, it in final.items()],
     )
     return statuses

@@ -107,7 +107,7 @@ class Reply(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     reply_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    prompt_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    prompt_hash: Mapped[str] = mapped_column(sa.String(64))
     prompt: Mapped[str] = mapped_column(sa.Text)
     text: Mapped[str] = mapped_column(sa.Text)
     policy: Mapped[str | None] = mapped_column(sa.String(200))
@@ -149,21 +149,22 @@ class FeedbackEvent(Base):
 
 
 class FeedbackCurrent(Base):
-    __tablename__ = "feedback_current"
-    __table_args__ = (
-        sa.UniqueConstraint(
-            "user_pk", "reply_pk", "other_key", "kind", name="uq_feedback_current_key"
-        ),
-    )
+    """One row per (user, reply, other reply, kind): which event holds the current value.
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    user_pk: Mapped[int] = mapped_column(_fk("users.id"))
-    # Pairwise keys are stored in canonical order (smaller reply pk first) so that "A vs B"
-    # and "B vs A" by the same user are one current choice; other_key is 0 without a pair.
-    reply_pk: Mapped[int] = mapped_column(_fk("replies.id"), index=True)
-    other_key: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    kind: Mapped[str] = mapped_column(sa.String(16))
-    event_id: Mapped[str] = mapped_column(_fk("feedback_events.event_id"), index=True)
+    Keyed by that tuple (a WITHOUT ROWID table on SQLite: one B-tree, no extra unique index),
+    since this table is written once per event on the hot path. Pairwise keys are stored in
+    canonical order (smaller reply pk first) so that "A vs B" and "B vs A" by the same user are
+    one choice; ``other_key`` is 0 without a pair. Rows go with their event (FK cascade).
+    """
+
+    __tablename__ = "feedback_current"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    user_pk: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    reply_pk: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    other_key: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    event_pk: Mapped[int] = mapped_column(_fk("feedback_events.id"), index=True)
     created_at: Mapped[datetime] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -74,6 +74,17 @@ def _clean_profile(value: dict[str, Any]) -> dict[str, Any]:
     return _clean_json(value)
 
 
+def _utc(value: datetime) -> datetime:
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("created_at: out of range") from None
+    if not 1970 <= value.year <= 9000:
+        raise ValueError("created_at: must be between the years 1970 and 9000")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_clean_text)]
 Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Profile = Annotated[dict[Annotated[str, Field(max_length=64)], Any], AfterValidator(_clean_profile)]
@@ -104,7 +115,7 @@ class FeedbackEventIn(_Model):
     reply_id: Ident | None = None
     other_reply: Text | None = Field(None, max_length=50_000)
     other_reply_id: Ident | None = None
-    value: int | None = Field(None, ge=-1, le=5)
+    value: int | None = Field(None, ge=-1, le=5, strict=True)
     reason_tags: list[Tag] = Field(default_factory=list, max_length=20)
     comment: Text | None = Field(None, max_length=5_000)
     created_at: datetime | None = Field(None, description="When the user gave it (default: now).")
@@ -145,8 +156,8 @@ class FeedbackEventIn(_Model):
                 raise ValueError("value: a comment event has no value")
             if not self.comment:
                 raise ValueError("comment: a comment event needs the comment text")
-        if self.created_at is not None and self.created_at.tzinfo is None:
-            self.created_at = self.created_at.replace(tzinfo=UTC)
+        if self.created_at is not None:
+            self.created_at = _utc(self.created_at)
         return self
 
 

@@ -603,8 +603,8 @@ class FeedbackStore:
             .where(users.c.deleted_at.is_(None))
         )
         if not history:
-            query = query.add_columns(feedback_current.c.id.label("current_id")).join(
-                feedback_current, feedback_current.c.event_id == feedback_events.c.event_id
+            query = query.join(
+                feedback_current, feedback_current.c.event_pk == feedback_events.c.id
             )
         return query
 
@@ -645,15 +645,13 @@ class FeedbackStore:
         history: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of ``events(...)`` and the cursor of the next page (None at the end)."""
-        pk = feedback_events.c.id if history else feedback_current.c.id
+        pk = feedback_events.c.id
         query = self._filtered(self._events_query(history), kind, user_id)
         query = query.where(pk > _decode_cursor(cursor)).order_by(pk).limit(limit + 1)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         items = [self._event_dict(row) for row in rows[:limit]]
-        last = rows[limit - 1] if len(rows) > limit else None
-        cursor_pk = (last.id if history else last.current_id) if last is not None else None
-        return items, _encode_cursor(cursor_pk) if cursor_pk is not None else None
+        return items, _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
 
     def feedback_rows(self, kinds: Sequence[str]) -> list[Any]:
         """Current feedback of live users, with ``prompt_hash`` and ``consent`` (for export)."""

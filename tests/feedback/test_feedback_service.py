@@ -198,6 +198,8 @@ NASTY_BODIES = [
     b'"value":1,"created_at":"not a date"}',
     b'{"event_id":"n4","user_id":"svc-nasty","kind":"thumbs","prompt":"p","reply":"r",'
     b'"value":true,"reason_tags":[[[]]]}',
+    b'{"event_id":"n5","user_id":"svc-nasty","kind":"thumbs","prompt":"p","reply":"r",'
+    b'"value":1,"created_at":"9999-12-31T23:59:59-05:00"}',
     b'{"events":[{"a":' * 50 + b"1" + b"}]}" * 50,
 ]  # fmt: skip
 

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
 
+from rlhf_persona.feedback.schemas import FeedbackEventIn
 from rlhf_persona.feedback.service import errors
 from rlhf_persona.feedback.service.deps import ApiKeys
 from rlhf_persona.feedback.service.middleware import BodySizeLimit
@@ -64,12 +66,32 @@ def create_app(
     for router in [*ROUTERS, *routers]:
         app.include_router(router, prefix=API_PREFIX)
 
+    _add_schema_components(app, FeedbackEventIn)
+
     @app.get("/healthz", tags=["health"], include_in_schema=True)
     async def healthz() -> JSON:
         """Liveness: answers 200 once the store is open (no API key needed)."""
         return JSON({"status": "ok"})
 
     return app
+
+
+def _add_schema_components(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put request models that routes parse themselves (lean hot paths) into the OpenAPI
+    components, so that their ``$ref``s resolve in /docs."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = build()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return app.openapi_schema or spec
+
+    app.openapi = openapi
 
 
 def app_from_env() -> FastAPI:

@@ -57,18 +57,23 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
+async def check_role(request: Request, role: str, key: str | None) -> str:
+    """The role of the request's API key; 401 without a valid key, 403 below ``role``."""
+    if not key:
+        raise HTTPException(401, "missing API key: send it in the X-API-Key header")
+    found = await request.app.state.api_keys.role(key) if len(key) <= 256 else None
+    if found is None:
+        raise HTTPException(401, "invalid or revoked API key (X-API-Key)")
+    if ROLE_RANK[found] < ROLE_RANK[role]:
+        raise HTTPException(403, f"this needs the {role} role; the API key has {found}")
+    return found
+
+
 def require(role: str) -> Callable[..., Awaitable[str]]:
     """A dependency that checks the request's API key has ``role`` (or a higher one)."""
 
     async def check(request: Request, key: str | None = Depends(api_key_header)) -> str:
-        if not key:
-            raise HTTPException(401, "missing API key: send it in the X-API-Key header")
-        found = await request.app.state.api_keys.role(key) if len(key) <= 256 else None
-        if found is None:
-            raise HTTPException(401, "invalid or revoked API key (X-API-Key)")
-        if ROLE_RANK[found] < ROLE_RANK[role]:
-            raise HTTPException(403, f"this needs the {role} role; the API key has {found}")
-        return found
+        return await check_role(request, role, key)
 
     return check
 

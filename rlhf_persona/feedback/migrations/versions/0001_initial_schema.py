@@ -66,7 +66,6 @@ def upgrade() -> None:
         _ts("created_at"),
         sa.UniqueConstraint("reply_id", name="uq_replies_reply_id"),
     )
-    op.create_index("ix_replies_prompt_hash", "replies", ["prompt_hash"])
     op.create_table(
         "tombstones",
         sa.Column("id_hash", sa.String(64), nullable=False),
@@ -135,28 +134,20 @@ def upgrade() -> None:
     op.create_index("ix_segment_assignments_user_pk_id", "segment_assignments", ["user_pk", "id"])
     op.create_table(
         "feedback_current",
-        *_pk("feedback_current"),
-        sa.Column("user_pk", BIG_ID, nullable=False),
-        sa.Column("reply_pk", BIG_ID, nullable=False),
+        sa.Column("user_pk", sa.BigInteger(), nullable=False),
+        sa.Column("reply_pk", sa.BigInteger(), nullable=False),
         sa.Column("other_key", sa.BigInteger(), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
-        sa.Column("event_id", sa.String(128), nullable=False),
+        sa.Column("event_pk", BIG_ID, nullable=False),
         _ts("created_at"),
         _ts("updated_at"),
-        sa.ForeignKeyConstraint(
-            ["event_id"],
-            ["feedback_events.event_id"],
-            name="fk_feedback_current_event_id_feedback_events",
-            ondelete="CASCADE",
+        _fk("feedback_current", "event_pk", "feedback_events"),
+        sa.PrimaryKeyConstraint(
+            "user_pk", "reply_pk", "other_key", "kind", name="pk_feedback_current"
         ),
-        _fk("feedback_current", "reply_pk", "replies"),
-        _fk("feedback_current", "user_pk", "users"),
-        sa.UniqueConstraint(
-            "user_pk", "reply_pk", "other_key", "kind", name="uq_feedback_current_key"
-        ),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_feedback_current_event_id", "feedback_current", ["event_id"])
-    op.create_index("ix_feedback_current_reply_pk", "feedback_current", ["reply_pk"])
+    op.create_index("ix_feedback_current_event_pk", "feedback_current", ["event_pk"])
     op.create_table(
         "reply_views",
         *_pk("reply_views"),

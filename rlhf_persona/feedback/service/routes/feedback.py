@@ -12,19 +12,18 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from rlhf_persona.feedback.schemas import ID_PATTERN, FeedbackEventIn
-from rlhf_persona.feedback.service.deps import collector, get_store, get_writer
+from rlhf_persona.feedback.service.deps import check_role, collector, get_store
 from rlhf_persona.feedback.service.models import ERRORS, BatchOut, EventPage, EventResultOut
 from rlhf_persona.feedback.service.responses import JSON, error_body
-from rlhf_persona.feedback.service.writer import BatchingWriter
 from rlhf_persona.feedback.store import FeedbackStore
 
 router = APIRouter(prefix="/feedback", tags=["feedback"], responses=ERRORS)
 Store = Annotated[FeedbackStore, Depends(get_store)]
-Writer = Annotated[BatchingWriter, Depends(get_writer)]
 SUCCESS_STATUS = {"created": 201, "updated": 201, "duplicate": 200}
 
 
@@ -48,18 +47,34 @@ _BATCH_SCHEMA = {
 }
 
 
+_EVENT_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/FeedbackEventIn"}}}}  # fmt: skip
+_KEY = [{"APIKeyHeader": []}]
+
+
+async def _collector(request: Request) -> None:
+    # The hot routes check the key inline: FastAPI's dependency resolution cost more per
+    # request than the rest of a single post together.
+    await check_role(request, "collector", request.headers.get("x-api-key"))
+
+
 @router.post(
     "",
     response_model=EventResultOut,
     status_code=201,
     responses={200: {"model": EventResultOut, "description": "Duplicate: stored before."},
                409: ERRORS[422] | {"description": "Event id reused for another event."}},
-    dependencies=[Depends(collector)],
+    openapi_extra={"requestBody": _EVENT_BODY, "security": _KEY},
 )  # fmt: skip
-async def post_feedback(event: FeedbackEventIn, writer: Writer) -> JSON:
+async def post_feedback(request: Request) -> JSON:
     """Record one event: 201 ``created`` / ``updated`` (changed vote), 200 ``duplicate`` (the
     same event id was stored before: nothing changes), or 404/409/410/422 naming the field."""
-    [result] = await writer.submit([event])
+    await _collector(request)
+    try:
+        event = FeedbackEventIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    [result] = await request.app.state.writer.submit([event])
     if result.status == "error":
         return JSON(error_body(result.message, result.field, event_id=result.event_id),
                     result.code or 422)  # fmt: skip
@@ -69,23 +84,24 @@ async def post_feedback(event: FeedbackEventIn, writer: Writer) -> JSON:
 @router.post(
     "/batch",
     response_model=BatchOut,
-    dependencies=[Depends(collector)],
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _BATCH_SCHEMA}},
-        }
+        },
+        "security": _KEY,
     },
 )
-async def post_batch(request: Request, writer: Writer) -> JSON:
+async def post_batch(request: Request) -> JSON:
     """Record many events in one request: one result per event, in order, each with its own
     status (``created``/``updated``/``duplicate``/``error`` with message and field)."""
+    await _collector(request)
     events = _parse_batch(await request.body(), request.app.state.settings.max_batch_events)
     if isinstance(events, JSON):
         return events
-    results = await writer.submit(events) if events else []
+    results = await request.app.state.writer.submit(events) if events else []
     counts = Counter(result.status for result in results)
-    return JSON({"results": [r.to_dict() for r in results], "counts": dict(counts)})
+    return JSON({"results": results, "counts": dict(counts)})  # orjson writes the dataclasses
 
 
 def _parse_batch(body: bytes, max_events: int) -> list[Any] | JSON:
