@@ -121,9 +121,10 @@ def estimate_preferences(
     every feature; pairwise differences need none. The ridge prior ``alpha`` shrinks users with
     little feedback towards "no preference" (zero). Returns weights ``[n_users, F]``.
     """
-    x = np.asarray(x, dtype=np.float64)
     m, f = x.shape
-    z = np.hstack([x, np.asarray(absolute, dtype=np.float64).reshape(m, 1)])
+    z = np.empty((m, f + 1), dtype=np.float64)
+    z[:, :f] = x
+    z[:, f] = absolute
     d = f + 1
     # Per-user Gram matrix and moment vector by bincount over the upper triangle: O(m·d²) time,
     # O(n·d²) memory, no Python loop over users.
@@ -165,7 +166,9 @@ def preference_directions(
     features; a pairwise choice sees the difference between the two replies' features."""
     mean, scale = np.asarray(stats["mean"]), np.asarray(stats["scale"])
     pairwise = np.asarray(pairwise, dtype=bool)
-    x = np.where(pairwise[:, None], (features - other_features) / scale, (features - mean) / scale)
+    x = np.asarray(features, dtype=np.float64) - mean
+    x[pairwise] = features[pairwise] - other_features[pairwise]
+    x /= scale
     return estimate_preferences(user_index, x, signal, ~pairwise, n_users, alpha)
 
 
