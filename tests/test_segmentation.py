@@ -262,6 +262,19 @@ def test_save_load_round_trip_and_version_check(sim, fitted, tmp_path):
         Segmenter.load(tmp_path / "nothing-here")
 
 
+class Intruder:
+    """A type no saved segmenter contains: loading a file with it must be refused."""
+
+
+def test_load_refuses_unexpected_types(fitted, tmp_path):
+    import skops.io as sio
+
+    fitted["both"].save(tmp_path / "seg")
+    sio.dump({"featurizer": Intruder(), "classifier": None}, tmp_path / "seg" / "featurizer.skops")
+    with pytest.raises(UserError, match="refusing to load unexpected types.*Intruder"):
+        Segmenter.load(tmp_path / "seg")
+
+
 # --- the store ------------------------------------------------------------------------------------
 
 
