@@ -80,13 +80,13 @@ def export_cmd(
     dropped (the report is also written to OUT/export_report.json)."""
     from rlhf_persona.feedback.export import export
 
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out}: folder exists and is not empty")
     store = _open(db, config)
     try:
         dataset, report = export(store, fmt, conversational=conversational)
     finally:
         store.close()
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out}: folder exists and is not empty")
     dataset.save_to_disk(str(out))
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     if jsonl:

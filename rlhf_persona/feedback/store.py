@@ -124,6 +124,15 @@ class FeedbackStore:
         if migrate_schema:
             migrate.upgrade(self.engine)
 
+    @classmethod
+    def from_config(cls, store_config: Any, run_dir: Any = None, **kwargs: Any) -> FeedbackStore:
+        """The store of an experiment: ``store.url`` of the config, else
+        ``$RLHF_PERSONA_DATABASE_URL``, else ``feedback.db`` in ``run_dir``."""
+        from pathlib import Path
+
+        default_dir = Path(run_dir) if run_dir is not None else None
+        return cls(resolve_url(store_config.url, default_dir=default_dir), **kwargs)
+
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self.engine.dispose()
