@@ -97,10 +97,10 @@ class _Sql:
 
     def __init__(self, conn: sa.Connection) -> None:
         self.pg = conn.dialect.name == "postgresql"
-        self.cursor = conn.connection.dbapi_connection.cursor()
-        self.dbapi = conn.dialect.loaded_dbapi
         self._last_ts: datetime | None = None
         self._last_text = ""
+        self.cursor = conn.connection.dbapi_connection.cursor()
+        self.dbapi = conn.dialect.loaded_dbapi
         if self.pg:
             from psycopg.types.json import Jsonb
 
@@ -150,12 +150,16 @@ class _Sql:
         return out
 
     def ts(self, value: datetime) -> Any:
-        # The same text format SQLAlchemy's SQLite DateTime writes and reads back.
-        return (
-            value
-            if self.pg
-            else value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-        )
+        """A timestamp parameter: as is for psycopg; for SQLite the UTC text SQLAlchemy's
+        DateTime writes and reads (most events of a batch share one time: converted once)."""
+        if self.pg:
+            return value
+        if value is not self._last_ts:
+            self._last_ts = value
+            self._last_text = (
+                value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            )
+        return self._last_text
 
     def ts_in(self, value: Any) -> datetime:
         if isinstance(value, datetime):
