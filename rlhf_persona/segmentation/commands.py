@@ -20,7 +20,7 @@ DbOption = typer.Option(
     None,
     "--db",
     help="Feedback store: URL or SQLite path (default: the config's store.url, else "
-    "$RLHF_PERSONA_DATABASE_URL, else ./feedback.db).",
+    "$RLHF_PERSONA_DATABASE_URL, else RUN_DIR/feedback.db).",
 )
 SegmenterDir = typer.Argument(..., help="Folder of a saved segmenter (written by `segment fit`).")
 
@@ -28,7 +28,9 @@ SegmenterDir = typer.Argument(..., help="Folder of a saved segmenter (written by
 def _open_store(cfg, db: str | None):
     from rlhf_persona.feedback import FeedbackStore
 
-    return FeedbackStore(db if db is not None else cfg.store.url)
+    if db is not None:
+        return FeedbackStore(db)
+    return FeedbackStore.from_config(cfg.store, cfg.run_dir)
 
 
 @app.command("fit")
