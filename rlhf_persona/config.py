@@ -355,7 +355,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
-        data = loaded or {}
+        # A section whose keys are all commented out loads as None: treat it as empty.
+        data = {k: ({} if v is None else v) for k, v in (loaded or {}).items()}
     data = apply_overrides(data, list(overrides or []))
     try:
         return ExperimentConfig.model_validate(data)

@@ -57,6 +57,12 @@ def test_invalid_yaml_and_missing_file_name_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_empty_section_means_defaults(tmp_path):
+    path = _write(tmp_path, "policy:\n  # algorithm: kto\nrun:\n  seed: 4\n")
+    cfg = load_config(path)
+    assert cfg.policy.algorithm == "dpo" and cfg.run.seed == 4
+
+
 def test_set_overrides_file_values(tmp_path):
     path = _write(tmp_path, "policy:\n  algorithm: dpo\nrun:\n  seed: 1\n")
     cfg = load_config(path, ["policy.algorithm=kto", "run.seed=7", "segmentation.k_range=[3, 5]"])
