@@ -65,6 +65,11 @@ def _rows(segment: int, n: int) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _policy_built(tiny_test_path):
+    """Build (or find in the cache) ``embedded:tiny-test`` once, before any test here."""
+
+
 @pytest.fixture(scope="module")
 def data() -> Dataset:
     return Dataset.from_list(_rows(0, 8) + _rows(1, 8))
@@ -80,7 +85,7 @@ def style_reward(prompts, completions, segment_id, **_):
 
 
 def _cfg(**kw) -> PolicyConfig:
-    base = dict(steps=2, batch_size=4, num_generations=2, max_completion_length=8, max_length=96)
+    base = dict(steps=2, batch_size=2, num_generations=2, max_completion_length=6, max_length=64)
     return PolicyConfig(**{**base, **kw})
 
 
@@ -168,7 +173,7 @@ def test_registry_manifest_roundtrip_and_routing(tmp_path):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> AdapterRegistry:
     """Two segment adapters trained (DPO) towards opposite styles (no global baseline)."""
-    cfg = _cfg(steps=6, learning_rate=5e-3, lora_r=8, train_global=False)
+    cfg = _cfg(steps=5, batch_size=4, learning_rate=5e-3, lora_r=8, train_global=False)
     # Segment 2 has a single row (< min_rows): no adapter; with no global one, the base serves it.
     rows = data.add_item({**_rows(0, 1)[0], "segment_id": 2})
     return train_policies(cfg, SPEC, rows, CARDS, tmp_path_factory.mktemp("trained"))
@@ -240,8 +245,28 @@ def test_generator_is_thread_safe(generator):
     assert results.count(expected) == 2 and len(results) == 4
 
 
-@pytest.mark.parametrize("strategy", ["adapter", "prompt"])
-def test_segment_base_model_override(strategy, data, tmp_path):
+def test_strategy_plans_honour_segment_models():
+    from rlhf_persona.policy import STRATEGIES
+
+    overrides = {1: "other/model"}
+    adapter = STRATEGIES["adapter"]().plan([0, 1, 2], CARDS, SPEC, overrides)
+    assert [(j.name, j.base_model, j.segments) for j in adapter.jobs] == [
+        ("segment_0", SPEC, [0]),
+        ("segment_1", "other/model", [1]),
+        ("segment_2", SPEC, [2]),
+    ]
+    prompt = STRATEGIES["prompt"]().plan([0, 1, 2], CARDS, SPEC, overrides)
+    assert [(j.name, j.base_model, j.segments) for j in prompt.jobs] == [
+        ("prompt", SPEC, [0, 2]),
+        ("prompt_1", "other/model", [1]),
+    ]
+    assert prompt.jobs[0].system_prompts == {0: CARDS[0], 2: None}
+    assert prompt.routes[1] == Route("prompt_1", CARDS[1])
+    glob = STRATEGIES["global"]().plan([0, 1, 2], CARDS, SPEC, overrides)
+    assert [(j.name, j.base_model) for j in glob.jobs] == [("global", SPEC)]
+
+
+def test_segment_base_model_override(data, tmp_path):
     """A segment given its own base model is trained and served on that model."""
     from rlhf_persona.models import load_causal_lm
 
@@ -250,7 +275,7 @@ def test_segment_base_model_override(strategy, data, tmp_path):
     model.save_pretrained(other)
     tok.save_pretrained(other)
 
-    cfg = _cfg(strategy=strategy, train_global=False, segment_models={1: str(other)})
+    cfg = _cfg(train_global=False, segment_models={1: str(other)})
     reg = train_policies(cfg, SPEC, data, CARDS, tmp_path / "reg")
     assert reg.base_model_of(reg.route(0)) == SPEC
     assert reg.base_model_of(reg.route(1)) == str(other)
@@ -262,9 +287,11 @@ def test_segment_base_model_override(strategy, data, tmp_path):
 
 
 def test_warm_start_and_init_from(data, trained, tmp_path):
-    cfg = _cfg(algorithm="dpo", strategy="adapter", train_global=False, warm_start_steps=1)
-    reg = train_policies(cfg, SPEC, data, CARDS, tmp_path / "r1", round=1, init_from=trained)
-    for name in ("segment_0", "segment_1"):
+    cfg = _cfg(steps=1, train_global=False, warm_start_steps=1)
+    seg0 = data.filter(lambda r: r["segment_id"] == 0)
+    reg = train_policies(cfg, SPEC, seg0, {}, tmp_path / "r1", round=1, init_from=trained)
+    assert set(reg.adapters) == {"segment_0"}
+    for name in reg.adapters:
         files = sorted(p.name for p in reg.adapter_path(name).iterdir())
         assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
         # Continued from the previous round's adapter, not from zero.
