@@ -82,6 +82,10 @@ def _mount_subapps() -> None:
 
     register_feedback(app)  # serve, export, import, keys, db
 
+    from rlhf_persona.feedback.chat.commands import register as register_chat
+
+    register_chat(app)  # simulate-traffic, chat-link
+
     from rlhf_persona.simulation.commands import simulate
 
     app.command("simulate")(simulate)
@@ -89,6 +93,10 @@ def _mount_subapps() -> None:
     from rlhf_persona.segmentation.commands import app as segment_app
 
     app.add_typer(segment_app, name="segment")  # fit, assign, show
+
+    from rlhf_persona.reward.commands import app as reward_app
+
+    app.add_typer(reward_app, name="reward")  # train, eval
 
 
 _mount_subapps()

@@ -47,13 +47,28 @@ def serve(
     workers: int = typer.Option(1, min=1, help="Worker processes."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
     access_log: bool = typer.Option(False, help="Log every request (slower)."),
+    policy: str | None = typer.Option(
+        None, help="Chat: base policy spec (default embedded:tiny) when there is no registry."
+    ),
+    policy_registry: Path | None = typer.Option(
+        None, help="Chat: adapter registry folder; users get their segment's policy."
+    ),
+    ab_share: float | None = typer.Option(
+        None, min=0, max=1, help="Chat: share of turns with two replies (A/B), default 0.2."
+    ),
+    preload_policy: bool = typer.Option(
+        False, help="Chat: load the policy at start (else on the first chat request)."
+    ),
 ) -> None:
-    """Run the feedback HTTP API under uvicorn (OpenAPI docs at /docs)."""
+    """Run the feedback HTTP API under uvicorn (OpenAPI docs at /docs, chat page at /chat)."""
     import os
 
     import uvicorn
 
+    from rlhf_persona.feedback.chat.commands import chat_env
+
     url = _url(db, config)
+    os.environ.update(chat_env(policy, policy_registry, ab_share, preload_policy))
     _open(url).close()  # migrate once, before the workers start
     os.environ["RLHF_PERSONA_DATABASE_URL"] = url  # read by every worker's app factory
     uvicorn.run(

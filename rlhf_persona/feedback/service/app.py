@@ -35,7 +35,7 @@ def create_app(
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """Build the service. The store is opened (and migrated) at startup unless given."""
-    from rlhf_persona.feedback.service.routes import ROUTERS
+    from rlhf_persona.feedback.service.routes import PAGES, ROUTERS
 
     settings = settings or ServiceSettings()
 
@@ -65,6 +65,8 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in [*ROUTERS, *routers]:
         app.include_router(router, prefix=API_PREFIX)
+    for router in PAGES:
+        app.include_router(router)
 
     _add_schema_components(app, FeedbackEventIn)
 

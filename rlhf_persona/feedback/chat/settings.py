@@ -1,0 +1,69 @@
+"""Settings of the chat endpoint, from ``RLHF_PERSONA_CHAT_*`` variables (``rlhf-persona serve
+--policy ... --policy-registry ... --ab-share ...`` sets them) or passed in as
+``app.state.chat_settings`` before the app starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RLHF_PERSONA_CHAT_"
+
+
+class ChatSettings(BaseSettings):
+    """Every field can be set as ``RLHF_PERSONA_CHAT_<NAME>`` (e.g. ``..._AB_SHARE=0.5``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    policy: str = Field(
+        "embedded:tiny",
+        description="Base policy spec served when there is no registry (embedded:tiny, "
+        "embedded:tiny-test, a hub id or a folder).",
+    )
+    policy_registry: Path | None = Field(
+        None,
+        description="An AdapterRegistry folder (manifest.json): each user is served by their "
+        "segment's adapter / persona prompt; its base model replaces `policy`.",
+    )
+    ab_share: float = Field(
+        0.2, ge=0, le=1, description="Share of turns answered with two replies (an A/B choice)."
+    )
+    max_new_tokens: int = Field(64, ge=1, le=1024, description="Longest reply, in tokens.")
+    temperature: float = Field(0.8, ge=0, le=5, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Seed of the first batch (batch n samples with seed + n).")
+    device: str = Field("cpu", description="cpu, cuda or auto.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads of generation (None: torch's default)."
+    )
+    max_batch: int = Field(32, ge=1, description="Most replies generated in one batch.")
+    batch_window_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long a batch waits for more requests to join."
+    )
+    preload: bool = Field(
+        False,
+        description="Load the policy in the background when the service starts (else on the "
+        "first chat request).",
+    )
+    max_message_chars: int = Field(2000, ge=1, le=20_000, description="Longest user message.")
+    token_secret: str | None = Field(
+        None,
+        description="Key of the per-user chat tokens; default: derived from "
+        "RLHF_PERSONA_HASH_KEY (set either in production).",
+    )
+    token_ttl_s: int = Field(
+        3600, ge=10, le=7 * 24 * 3600, description="Default lifetime of a chat token, seconds."
+    )
+    segment_cache_s: float = Field(
+        30.0, ge=0, description="How long a user's segment is cached before it is read again."
+    )
+
+    def env(self) -> dict[str, str]:
+        """The settings as environment variables (for a service started in a subprocess)."""
+        out = {}
+        for name, value in self.model_dump(exclude_unset=True).items():
+            if value is not None:
+                out[ENV_PREFIX + name.upper()] = str(value)
+        return out

@@ -1,0 +1,117 @@
+"""What the chat routes share while the service runs: the policy, its micro-batcher, the token
+key, and small caches (users' segments, replies shown to each user).
+
+Created by the chat router's lifespan (``routes/chat.py``) as ``app.state.chat``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+
+from rlhf_persona.feedback.chat.batcher import MicroBatcher
+from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request
+from rlhf_persona.feedback.chat.settings import ChatSettings
+from rlhf_persona.feedback.chat.tokens import token_key
+from rlhf_persona.feedback.store import FeedbackStore
+
+log = logging.getLogger("rlhf_persona.chat")
+MAX_CACHED_USERS = 50_000
+
+
+class ShownReplies:
+    """Which replies each user was shown: a bounded in-memory cache in front of the store's
+    ``reply_views`` (a miss asks the database; only positive answers are cached)."""
+
+    def __init__(self, store: FeedbackStore, max_users: int = MAX_CACHED_USERS) -> None:
+        self.store = store
+        self.max_users = max_users
+        self._seen: OrderedDict[str, set[str]] = OrderedDict()
+
+    def add(self, user_id: str, reply_ids: list[str]) -> None:
+        self._seen.setdefault(user_id, set()).update(reply_ids)
+        self._seen.move_to_end(user_id)
+        while len(self._seen) > self.max_users:
+            self._seen.popitem(last=False)
+
+    async def was_shown(self, user_id: str, reply_id: str) -> bool:
+        if reply_id in self._seen.get(user_id, ()):
+            return True
+        if await run_in_threadpool(self.store.was_shown, user_id, reply_id):
+            self.add(user_id, [reply_id])
+            return True
+        return False
+
+
+class ChatState:
+    """The chat's runtime: see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ChatSettings,
+        store: FeedbackStore,
+        hash_key: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policy = ChatPolicy(settings, cache_dir)
+        self.batcher: MicroBatcher[Request, Generated] = MicroBatcher(
+            self.policy.generate, settings.max_batch, settings.batch_window_ms / 1000, "generate"
+        )
+        self.key = token_key(settings.token_secret, hash_key)
+        self.shown = ShownReplies(store)
+        self.rng = random.Random(settings.seed)
+        self._segments: dict[str, tuple[int | None, float]] = {}
+        self._preload: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.batcher.start()
+        if self.settings.preload:  # in the background: the API answers while the model loads
+            self._preload = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            await self.batcher.run_in_worker(self.policy.load)
+        except Exception:  # chat requests will report it; feedback keeps working
+            log.exception("loading the chat policy failed")
+
+    async def stop(self) -> None:
+        if self._preload is not None and not self._preload.done():
+            self._preload.cancel()
+        await self.batcher.stop()
+
+    async def segment_of(self, user_id: str) -> int | None:
+        """The user's current segment (cached ``segment_cache_s``); raises NotFound / Gone for
+        an unknown or deleted user."""
+        hit = self._segments.get(user_id)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        user = await run_in_threadpool(self.store.get_user, user_id)
+        if len(self._segments) > MAX_CACHED_USERS:
+            self._segments.clear()
+        self._segments[user_id] = (user["segment"], now + self.settings.segment_cache_s)
+        return user["segment"]
+
+    def wants_ab(self, forced: bool | None) -> bool:
+        if forced is not None:
+            return forced
+        return self.rng.random() < self.settings.ab_share
+
+    async def replies(self, segment: int | None, prompt: str, ab: bool) -> list[Generated]:
+        """One reply, or two different ones for an A/B turn (one retry when both came out the
+        same; a single reply if they still do)."""
+        request = Request(segment, prompt)
+        out = await self.batcher.submit_many([request] * (2 if ab else 1))
+        if ab and out[0].text == out[1].text:
+            out[1] = await self.batcher.submit(request)
+            if out[0].text == out[1].text:
+                out = out[:1]
+        return out
