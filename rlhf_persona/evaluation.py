@@ -148,9 +148,7 @@ def evaluate_policies(
     metrics = {
         "segments": segments,
         "spread": float(max(pers) - min(pers)),
-        "personalization_gap": _personalization_gap(
-            users, items, generator, embed, round, gen_kw
-        ),
+        "personalization_gap": _personalization_gap(users, items, generator, embed, round, gen_kw),
         "kl": {
             "global": float(
                 generator.kl_from_base([GLOBAL] * n, items.prompts, replies["global"]).mean()

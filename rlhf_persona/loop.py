@@ -85,7 +85,6 @@ class Loop:
         return summary
 
     def run_round(self, r: int, state: LoopState, run: Run) -> dict:
-        cfg = self.cfg
         rdir = self.dir / f"round_{r}"
         rdir.mkdir(parents=True, exist_ok=True)
         timings: dict = {}
@@ -97,7 +96,7 @@ class Loop:
             assignments = self.store.current_segments(f"round-{r}")
             cards = {c.segment_id: c.persona_text for c in segmenter.cards_}
         with _stage(timings, "reward"):
-            rm = self.train_reward(rdir, assignments, cards, run)
+            rm = self.train_reward(rdir, assignments, segmenter.cards_, run)
         with _stage(timings, "policy"):
             registry = self.train_policy(r, state, rdir, assignments, cards, rm, run)
         with _stage(timings, "evaluate"):
@@ -175,7 +174,7 @@ class Loop:
             seed=self.cfg.run.seed,
         )
 
-    def train_reward(self, rdir: Path, assignments: dict, cards: dict, run: Run):
+    def train_reward(self, rdir: Path, assignments: dict, cards: list, run: Run):
         from rlhf_persona.feedback.export import export_preference
         from rlhf_persona.reward import build_reward_model
 
@@ -260,12 +259,25 @@ class Loop:
                 chosen, rejected = cands[best[j]][j], cands[worst[j]][j]
                 if kto:
                     for text, label in ((chosen, True), (rejected, False)):
-                        _append(rows, prompt=prompt, completion=text, label=label,
-                                user_id=self.users.ids[idx[j]], segment_id=seg)
+                        _append(
+                            rows,
+                            prompt=prompt,
+                            completion=text,
+                            label=label,
+                            user_id=self.users.ids[idx[j]],
+                            segment_id=seg,
+                        )
                 else:
                     margin = float(scores[best[j], j] - scores[worst[j], j])
-                    _append(rows, prompt=prompt, chosen=chosen, rejected=rejected, margin=margin,
-                            user_id=self.users.ids[idx[j]], segment_id=seg)
+                    _append(
+                        rows,
+                        prompt=prompt,
+                        chosen=chosen,
+                        rejected=rejected,
+                        margin=margin,
+                        user_id=self.users.ids[idx[j]],
+                        segment_id=seg,
+                    )
         return Dataset.from_dict(rows)
 
     def _online_reward(self, rm, assignments):
@@ -283,13 +295,22 @@ class Loop:
 
         lc, m = self.cfg.loop, self.cfg.models
         items = eval_items(
-            self.users, assignments, lc.eval_users_per_segment, lc.eval_prompts_per_user,
+            self.users,
+            assignments,
+            lc.eval_users_per_segment,
+            lc.eval_prompts_per_user,
             self.cfg.run.seed,
         )
         generator = PolicyGenerator(registry, device=m.device, bf16=m.bf16, cache_dir=m.cache_dir)
         return evaluate_policies(
-            self.users, items, generator, rm, round=r, embed=lc.embed_features,
-            seed=self.cfg.run.seed + 5000, max_new_tokens=lc.max_new_tokens,
+            self.users,
+            items,
+            generator,
+            rm,
+            round=r,
+            embed=lc.embed_features,
+            seed=self.cfg.run.seed + 5000,
+            max_new_tokens=lc.max_new_tokens,
             temperature=lc.temperature,
         )
 

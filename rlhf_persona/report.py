@@ -130,9 +130,7 @@ def _samples_html(run_dir: Path, last_round: int) -> str:
     for seg, items in sorted(json.loads(path.read_text()).items()):
         out.append(f"<h3>Segment {html.escape(str(seg))}</h3>")
         for item in items:
-            cells = "".join(
-                f"<td><pre>{html.escape(item.get(p, ''))}</pre></td>" for p in POLICIES
-            )
+            cells = "".join(f"<td><pre>{html.escape(item.get(p, ''))}</pre></td>" for p in POLICIES)
             out.append(
                 f"<p><b>Prompt:</b> {html.escape(item['prompt'])}</p>"
                 f"<table><tr>{''.join(f'<th>{p}</th>' for p in POLICIES)}</tr>"

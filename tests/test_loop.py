@@ -1,0 +1,126 @@
+"""The closed loop on a tiny config: a real run, a real SIGKILL mid-round, resume, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf_persona.report import PLOTS, write_report
+from rlhf_persona.tracking import read_metrics
+
+TINY = {
+    "run": {"name": "tiny", "seed": 0},
+    "tracking": {"wandb_mode": "offline"},
+    "models": {"policy": "embedded:tiny-test"},
+    "population": {"name": "two_opposed", "users": 24},
+    "segmentation": {"k": 2, "min_segment_size": 3, "features": "behaviour"},
+    "reward": {"strategy": "heads", "max_steps": 2, "max_length": 64},
+    "policy": {"algorithm": "dpo", "steps": 1, "batch_size": 4, "min_rows": 1},
+    "loop": {
+        "rounds": 2,
+        "prompts_per_user": 4,
+        "ab_share": 0.5,
+        "max_new_tokens": 12,
+        "rm_pairs_per_segment": 4,
+        "rm_candidates": 2,
+        "eval_users_per_segment": 2,
+        "eval_prompts_per_user": 1,
+        "embed_features": False,
+    },
+}
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["run"]["runs_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _loop_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "rlhf_persona.cli", "loop", str(config)]
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory, tiny_test_path):
+    """Start the loop, SIGKILL it once round 1 has begun, then run it again to completion."""
+    tmp = tmp_path_factory.mktemp("loop")
+    config = _config(tmp)
+    run_dir = tmp / "runs" / "tiny"
+    log = (tmp / "first.log").open("w")
+    proc = subprocess.Popen(_loop_cmd(config), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not (run_dir / "round_0" / "round.json").exists():
+        assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "round 0 did not finish in time"
+        time.sleep(0.5)
+    round0_stamp = (run_dir / "round_0" / "round.json").stat().st_mtime_ns
+    time.sleep(3)  # let round 1 start collecting
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "round_1" / "round.json").exists()
+    second = subprocess.run(
+        _loop_cmd(config), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return run_dir, round0_stamp, second.stdout
+
+
+def test_resume_continues_after_last_completed_round(interrupted_then_resumed):
+    run_dir, round0_stamp, stdout = interrupted_then_resumed
+    assert "resuming after round 0" in stdout
+    # round 0 was not redone; round 1 completed
+    assert (run_dir / "round_0" / "round.json").stat().st_mtime_ns == round0_stamp
+    assert json.loads((run_dir / "round_1" / "round.json").read_text())["round"] == 1
+    evals = [m for m in read_metrics(run_dir) if m.get("stage") == "eval"]
+    assert [m["round"] for m in evals] == [0, 1]
+
+
+def test_loop_records_per_segment_evaluation(interrupted_then_resumed):
+    run_dir, _, stdout = interrupted_then_resumed
+    last = json.loads((run_dir / "round_1" / "round.json").read_text())["eval"]
+    assert set(last["segments"]) == {"brief_casual", "thorough_formal"}
+    for vals in last["segments"].values():
+        for policy in ("base", "global", "personalized"):
+            assert 0.0 <= vals[policy]["thumbs_up"] <= 1.0
+    assert last["kl"]["personalized"] >= 0.0
+    assert "reward" in last and 0.0 <= last["reward"]["worst_acc"] <= 1.0
+    assert "report:" in stdout and "thumbs-up rate per segment" in stdout
+    # adapters of each round are saved with their manifest
+    manifest = json.loads((run_dir / "round_1" / "policy" / "manifest.json").read_text())
+    assert manifest["round"] == 1 and "global" in manifest["adapters"]
+
+
+def test_resumed_round_does_not_duplicate_feedback(interrupted_then_resumed):
+    run_dir, _, _ = interrupted_then_resumed
+    from rlhf_persona.feedback import FeedbackStore
+
+    store = FeedbackStore(run_dir / "feedback.db")
+    events = store.events(history=True)
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids))
+    collected = [
+        json.loads((run_dir / f"round_{r}" / "round.json").read_text())["eval"]["collected"]
+        for r in (0, 1)
+    ]
+    assert all(c["events"].get("error", 0) == 0 for c in collected)
+
+
+def test_report_renders_every_plot(interrupted_then_resumed):
+    run_dir, _, _ = interrupted_then_resumed
+    index = write_report(run_dir)
+    html = index.read_text()
+    for name in PLOTS:
+        png = index.parent / f"{name}.png"
+        assert png.stat().st_size > 1000, name
+        assert f'src="{name}.png"' in html
+    assert "Sample replies" in html and "personalized" in html
