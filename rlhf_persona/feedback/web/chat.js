@@ -44,6 +44,19 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// A thumb drawn as SVG (emoji fonts are not everywhere); CSS turns it over for "down".
+function thumbIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", "M7 10v11H3V10h4zm0 0l4-8c1.7 0 3 1.3 3 3v3h5.5c1.2 0 2.1 1.1 1.9 2.3" +
+    "l-1.4 8.3c-.2 1-1 1.4-1.9 1.4H7");
+  svg.append(path);
+  return svg;
+}
+
 function notice(message) {
   const box = document.getElementById("notice");
   box.textContent = message || "";
@@ -121,9 +134,9 @@ function replyCard(reply, label) {
   }
 
   const up = el("button", { type: "button", class: "thumb up", "aria-pressed": "false",
-    "aria-label": "Thumbs up", "data-testid": "thumb-up", text: "👍" });
+    "aria-label": "Thumbs up", title: "Good reply", "data-testid": "thumb-up" }, thumbIcon());
   const down = el("button", { type: "button", class: "thumb down", "aria-pressed": "false",
-    "aria-label": "Thumbs down", "data-testid": "thumb-down", text: "👎" });
+    "aria-label": "Thumbs down", title: "Bad reply", "data-testid": "thumb-down" }, thumbIcon());
   function setThumb(value) {
     state.thumb = state.thumb === value ? 0 : value; // pressing again clears the vote
     up.setAttribute("aria-pressed", String(state.thumb === 1));
@@ -235,9 +248,21 @@ async function start() {
   const form = document.getElementById("composer");
   const input = document.getElementById("message");
   const button = document.getElementById("send");
+  let ready = false; // until the session is known, the form does nothing (never submits natively)
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const text = input.value.trim();
+    if (!ready || !text || button.disabled) return;
+    input.value = "";
+    input.style.height = "auto";
+    button.disabled = true;
+    await sendMessage(text);
+    button.disabled = false;
+    input.focus();
+  });
+  button.disabled = true;
   if (!token) {
     notice("This page needs your personal chat link (it carries a short-lived token).");
-    button.disabled = true;
     return;
   }
   try {
@@ -246,7 +271,6 @@ async function start() {
     input.maxLength = session.max_message_chars;
     document.getElementById("who").textContent = "signed in as " + session.user_id;
   } catch (err) {
-    button.disabled = true;
     if (err.status !== 401) notice("The chat service is not reachable: " + err.message);
     return;
   }
@@ -260,17 +284,8 @@ async function start() {
       form.requestSubmit();
     }
   });
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const text = input.value.trim();
-    if (!text || button.disabled) return;
-    input.value = "";
-    input.style.height = "auto";
-    button.disabled = true;
-    await sendMessage(text);
-    button.disabled = false;
-    input.focus();
-  });
+  ready = true;
+  button.disabled = false;
   input.focus();
 }
 

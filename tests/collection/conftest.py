@@ -1,0 +1,63 @@
+"""Fixtures of the live-collection tests: a real uvicorn service with the chat policy
+(``embedded:tiny-test``) on a real SQLite file, API keys and a user."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.feedback.testing import ServiceProcess
+
+os.environ.setdefault("RLHF_PERSONA_QUIET_DEV_KEY", "1")
+HASH_KEY = "collection-test-key"
+CHAT_ENV = {
+    "RLHF_PERSONA_HASH_KEY": HASH_KEY,
+    "RLHF_PERSONA_CHAT_POLICY": "embedded:tiny-test",
+    "RLHF_PERSONA_CHAT_MAX_NEW_TOKENS": "20",
+    "RLHF_PERSONA_CHAT_PRELOAD": "1",
+    "OMP_NUM_THREADS": "1",  # the tests share two cores with the test process and the browser
+}
+
+
+def make_db(path: Path, users: dict[str, dict] | None = None) -> tuple[str, dict[str, str]]:
+    """A migrated SQLite store with API keys (collector, admin) and ``users``."""
+    with FeedbackStore(path, hash_key=HASH_KEY) as store:
+        keys = {role: store.create_api_key(role) for role in ("collector", "admin")}
+        for user_id, profile in (users or {}).items():
+            store.upsert_user(user_id, profile)
+    return f"sqlite:///{path}", keys
+
+
+PERSONA = "You are a formal assistant. Answer in complete, polite sentences."
+
+
+def persona_registry(root: Path) -> Path:
+    """A policy registry of the ``prompt`` strategy (no training needed): segment 1 is served
+    with a persona system prompt, everyone else by the plain base model."""
+    from rlhf_persona.policy import AdapterRegistry, Route
+
+    registry = AdapterRegistry(root, "embedded:tiny-test", strategy="prompt")
+    registry.set_route(1, Route(None, PERSONA))
+    registry.set_route("global", Route(None))
+    registry.save()
+    return root
+
+
+@pytest.fixture(scope="session")
+def chat_service(tmp_path_factory, tiny_test_path):
+    """The service with chat, serving ``ann`` (segment 1) with a persona and ``bob`` (no
+    segment) with the base model; every turn is an A/B turn unless the request says otherwise."""
+    tmp = tmp_path_factory.mktemp("chat")
+    db = tmp / "feedback.db"
+    url, keys = make_db(db, {"ann": {"age_band": "25-34"}, "bob": {"age_band": "45-54"}})
+    with FeedbackStore(db, hash_key=HASH_KEY) as store:
+        store.write_segments("seg-run-1", [("ann", 1, 0.9)])
+    env = {**CHAT_ENV, "RLHF_PERSONA_CHAT_AB_SHARE": "1"}
+    args = ["--policy-registry", str(persona_registry(tmp / "registry"))]
+    with ServiceProcess(url, env=env, args=args) as proc:
+        proc.keys, proc.db = keys, db
+        yield proc
+    assert "Traceback" not in proc.log(), proc.log()
