@@ -7,26 +7,26 @@
     reward_fn = make_reward_fn(rm)                   # for TRL's GRPOTrainer / RLOOTrainer
 
 Strategies (``reward.strategy``): ``global`` (baseline), ``prefix``, ``heads``, ``lora``.
+Exports load lazily, so importing the package (e.g. for the CLI) does not import torch.
 """
 
-from rlhf_persona.reward import strategies as _strategies  # noqa: F401  (registers them)
-from rlhf_persona.reward.data import PairData, pairs_from
-from rlhf_persona.reward.model import (
-    STRATEGIES,
-    RewardModel,
-    build_reward_model,
-    load_reward_model,
-    register,
-)
-from rlhf_persona.reward.rl import make_reward_fn
+from importlib import import_module
 
-__all__ = [
-    "STRATEGIES",
-    "PairData",
-    "RewardModel",
-    "build_reward_model",
-    "load_reward_model",
-    "make_reward_fn",
-    "pairs_from",
-    "register",
-]
+_EXPORTS = {
+    "STRATEGIES": "rlhf_persona.reward.model",
+    "RewardModel": "rlhf_persona.reward.model",
+    "build_reward_model": "rlhf_persona.reward.model",
+    "load_reward_model": "rlhf_persona.reward.model",
+    "register": "rlhf_persona.reward.model",
+    "PairData": "rlhf_persona.reward.data",
+    "pairs_from": "rlhf_persona.reward.data",
+    "make_reward_fn": "rlhf_persona.reward.rl",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rlhf_persona.reward' has no attribute {name!r}")
+    import_module("rlhf_persona.reward.strategies")  # registers the strategies
+    return getattr(import_module(_EXPORTS[name]), name)

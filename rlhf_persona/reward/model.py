@@ -348,6 +348,7 @@ def build_reward_model(
     **kwargs,
 ) -> RewardModel:
     """The strategy named by ``reward_cfg.strategy``, unfitted."""
+    _register_builtin()
     try:
         cls = STRATEGIES[reward_cfg.strategy]
     except KeyError:
@@ -360,6 +361,7 @@ def build_reward_model(
 
 def load_reward_model(directory: str | Path) -> RewardModel:
     """Load a reward model written by ``RewardModel.save``."""
+    _register_builtin()
     folder = Path(directory)
     meta_path = folder / META_FILE
     if not meta_path.is_file():
@@ -376,3 +378,7 @@ def load_reward_model(directory: str | Path) -> RewardModel:
     if meta.get("strategy") not in STRATEGIES:
         raise UserError(f"{meta_path}: unknown strategy {meta.get('strategy')!r}")
     return STRATEGIES[meta["strategy"]]._restore(folder, meta)
+
+
+def _register_builtin() -> None:
+    import rlhf_persona.reward.strategies  # noqa: F401  (registers global/prefix/heads/lora)

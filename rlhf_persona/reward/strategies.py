@@ -95,13 +95,21 @@ class LoraReward(RewardModel):
     strategy). Phase 2 freezes that model, adds one adapter per segment (LoRA on the trainable
     layers' linear maps, plus a private copy of the head) and trains each on its segment's pairs
     only. Disabling the adapters gives back the phase-1 model: the global fallback.
+
+    ``base``: an already fitted ``global`` reward model (same encoder and config) to start from
+    instead of phase 1 — how adapters are added to a global reward model already in use.
     """
+
+    def __init__(self, *args, base: RewardModel | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base = base
 
     def adapter_name(self, index: int) -> str:
         return f"segment_{self.segments_[index]}"
 
     def _train(self, pairs: PairData, run) -> list[dict]:
-        phases = super()._train(pairs, run)  # phase 1: the global model, every pair
+        # phase 1: the global model on every pair (or a copy of the given one)
+        phases = super()._train(pairs, run) if self.base is None else [self._copy_base()]
         self._finish_structure()
         index = self._index_array(pairs.segment)
         epochs = self.cfg.lora_epochs or self.cfg.epochs
@@ -111,6 +119,26 @@ class LoraReward(RewardModel):
             data = self._rows(pairs.subset(rows), index[rows])
             phases.append(self._phase(self.model_, data, run, self.adapter_name(i), epochs))
         return phases
+
+    def _copy_base(self) -> dict:
+        """Phase 1 taken from ``base``: its weights, after checking it is compatible."""
+        import copy
+
+        base = self.base
+        same = {"freeze_layers", "cache_frozen", "max_length"}
+        if (
+            getattr(base, "strategy", None) != "global"
+            or not hasattr(base, "model_")
+            or base.encoder_spec != self.encoder_spec
+            or any(getattr(base.cfg, k) != getattr(self.cfg, k) for k in same)
+        ):
+            raise UserError(
+                "lora base: expected a fitted global reward model with the same encoder and "
+                f"reward.{', reward.'.join(sorted(same))}"
+            )
+        self.model_.load_state_dict(copy.deepcopy(base.model_.state_dict()))
+        return {"phase": "lora/base", "pairs": 0, "steps": 0, "train_s": 0.0, "step_s": 0.0,
+                "step_times": [], "loss": None, "final_accuracy": None, "from": "base"}  # fmt: skip
 
     def _targets(self) -> list[str]:
         """Full names of the linear maps to adapt: those in still-trainable layers."""

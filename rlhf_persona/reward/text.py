@@ -10,8 +10,9 @@ policy's, most decoders) loses nothing and gets the text unchanged.
 
 Encoders get the prompt and reply as a text pair (``[CLS] prompt [SEP] reply [SEP]``); decoders
 get one string ending in EOS, so the last token (which a decoder's sequence-classification head
-reads) is the same for every row. A persona (prefix strategy) follows as a part of its own. This is also why the reward model is fed pre-tokenized ids:
-TRL's RewardTrainer would otherwise append an EOS token that BERT does not have.
+reads) is the same for every row. A persona (prefix strategy) follows as a part of its own.
+The reward model is fed these pre-tokenized ids: TRL's RewardTrainer would otherwise append an
+EOS token that BERT does not have.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ class InputFormat:
         """Ids of a persona text, to append to a row's ids: a sequence of its own for encoders
         (``[CLS] persona [SEP]``), a final line ending in EOS for decoders."""
         if self.text_pair:
-            return list(tokenizer(self.normalize(text), truncation=True, max_length=max_length)[
-                "input_ids"
-            ])
+            return list(
+                tokenizer(self.normalize(text), truncation=True, max_length=max_length)["input_ids"]
+            )
         eos = tokenizer.eos_token_id
         ids = tokenizer(
             "\n" + self.normalize(text), add_special_tokens=False, truncation=True,
