@@ -122,6 +122,7 @@ def main() -> None:
     ):
         built = build(spec, cache)
         result[key] = round(built.seconds, 1)
+        result[f"cache_hit_{key.removeprefix('build_s_')}"] = built.cache_hit  # False = fresh
         result[f"params_{key.removeprefix('build_s_')}"] = built.parameters
         print(f"{spec}: {built.seconds:.1f} s (cache hit: {built.cache_hit})", file=sys.stderr)
 
