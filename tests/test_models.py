@@ -133,7 +133,13 @@ def test_second_build_is_a_cache_hit(tiny_test_path: Path, model_cache: Path):
 
 def test_same_seed_gives_byte_identical_weights(tmp_path: Path):
     # The real build path with a short SFT (steps is part of the recipe, so its own folder).
+    import torch
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
     a = build_embedded("tiny-test", tmp_path / "a", steps=2)
+    assert torch.equal(torch.rand(3), expected), "a build must not disturb the caller's RNG"
     b = build_embedded("tiny-test", tmp_path / "b", steps=2)
     c = build_embedded("tiny-test", tmp_path / "c", steps=2, seed=1)
     assert not a.cache_hit and not b.cache_hit and a.path.name == b.path.name != c.path.name
@@ -226,7 +232,7 @@ def test_unloadable_hub_id_or_path_is_named(tmp_path: Path):
         load_encoder(str(tmp_path / "missing"))
 
 
-def test_cli_show_prints_parameters(tiny_test_path: Path):
+def test_cli_build_and_show(tiny_test_path: Path):
     from typer.testing import CliRunner
 
     from rlhf_persona.cli import app
@@ -235,5 +241,7 @@ def test_cli_show_prints_parameters(tiny_test_path: Path):
     assert result.exit_code == 0, result.output
     assert str(tiny_test_path) in result.output.replace("\n", "")
     assert "parameters:" in result.output and "LlamaForCausalLM" in result.output
+    built = CliRunner().invoke(app, ["models", "build", "embedded:tiny-test"])
+    assert built.exit_code == 0 and "hit" in built.output, built.output
     bad = CliRunner().invoke(app, ["models", "show", "embedded:nope"])
     assert isinstance(bad.exception, UserError)

@@ -217,10 +217,18 @@ def make_model(recipe: Recipe, tokenizer):
 
 @contextlib.contextmanager
 def deterministic_torch(seed: int) -> Iterator[None]:
-    """Seed every generator and force deterministic kernels; restore the global flags after."""
+    """Seed every generator, force deterministic kernels and one thread; restore all after.
+
+    The caller's random states come back too: building a model on first use must not change
+    what a seeded caller draws next.
+    """
+    import random
+
+    import numpy as np
     import torch
     from transformers import set_seed
 
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
     set_seed(seed)
@@ -234,6 +242,9 @@ def deterministic_torch(seed: int) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(threads)
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
 
 
 def _progress_callback(fn: ProgressFn):
