@@ -141,7 +141,13 @@ class RewardConfig(Section):
     cache_frozen: bool = Field(
         True,
         description="Memoize the frozen bottom's output per distinct input (BERT-style encoders): "
-        "each text goes through the frozen layers once per fit / score call.",
+        "each text goes through the frozen layers once per process, shared by all strategies.",
+    )
+    freeze_top_kv: bool = Field(
+        False,
+        description="With one trainable layer left (BERT-style, cached): freeze its keys/values "
+        "too and cache them; steps get several times cheaper, the [CLS] query, attention "
+        "output and feed-forward still train.",
     )
     margin_scale: float = Field(
         0.0,

@@ -39,6 +39,15 @@ def small_cfg(strategy: str, **kw) -> RewardConfig:
     return RewardConfig(**{**base, **kw})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These small models gain nothing from a second thread, and contend with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def split():
     """two_opposed: 40 users, 12 A/B labels each on a 24-prompt pool, 2 segments fitted."""
@@ -87,7 +96,7 @@ def test_heads_ranks_a_reply_differently_for_opposed_segments(split, dataset):
     and loses for the formal one — and held-out pairs are predicted well in both."""
     from rlhf_persona.reward.evaluate import evaluate_model
 
-    cfg = small_cfg("heads", max_steps=None, epochs=3)
+    cfg = small_cfg("heads", max_steps=24, learning_rate=5e-4)
     rm = build_reward_model(cfg, ENCODER, split.cards).fit(dataset)
     casual, formal = casual_and_formal_segments(split)
     r = rm.score(
@@ -172,7 +181,8 @@ def test_minilm_input_keeps_emoji_lines_and_punctuation():
     assert tok.unk_token not in tokens
 
 
-def test_frozen_cache_and_first_token_layer_are_exact():
+@pytest.mark.parametrize("freeze_top_kv", [False, True])
+def test_frozen_cache_and_first_token_layer_are_exact(freeze_top_kv):
     """The CPU shortcuts change no output: same logits as the plain model, padding included."""
     from rlhf_persona.reward.backbone import load_backbone, prepare_backbone
     from rlhf_persona.reward.text import InputFormat
@@ -181,8 +191,8 @@ def test_frozen_cache_and_first_token_layer_are_exact():
     plain, tok = load_backbone(ENCODER)
     torch.manual_seed(0)
     fast, _ = load_backbone(ENCODER)
-    info = prepare_backbone(fast, 5, cache=True, split_token_id=tok.cls_token_id)
-    assert info["cached"] and info["first_token_top"]
+    info = prepare_backbone(fast, 5, True, tok.cls_token_id, freeze_top_kv)
+    assert info["cached"] and info["first_token_top"] and info["top_kv_frozen"] == freeze_top_kv
     ids = InputFormat.for_tokenizer(tok).encode(tok, ["a?", "b"], [SHORT_CASUAL, LONG_FORMAL])
     batch = tok.pad({"input_ids": ids}, return_tensors="pt")
     with torch.no_grad():
@@ -195,3 +205,23 @@ def test_calibration_error():
     p = np.array([0.1, 0.1, 0.9, 0.9])
     assert expected_calibration_error(p, p) == 0.0
     assert expected_calibration_error(p, np.array([0.3, 0.3, 0.9, 0.9])) == pytest.approx(0.1)
+
+
+def test_cli_train_from_simulation_and_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhf_persona.cli import app
+
+    sets = [
+        f"run.runs_dir={tmp_path}", "run.name=cli", "tracking.wandb_mode=disabled",
+        "population.name=two_opposed", "population.users=30", "segmentation.k=2",
+        "reward.strategy=heads", "reward.max_steps=2", "reward.eval_prompts=12",
+        "reward.eval_replies_per_prompt=3", "reward.eval_labels_per_user=6",
+    ]  # fmt: skip
+    args = ["reward", "train", "--source", "simulate"] + [x for s in sets for x in ("--set", s)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = load_reward_model(tmp_path / "cli" / "reward" / "heads")
+    assert saved.strategy == "heads" and len(saved.segments_) == 2
+    bad = CliRunner().invoke(app, ["reward", "eval", "--strategies", "heads,nope"])
+    assert isinstance(bad.exception, UserError) and "nope" in str(bad.exception)

@@ -140,14 +140,23 @@ class CachedFrozenStack(nn.Module):
         self.split_token_id = split_token_id
         self.width = width
         self._store: FrozenStore | None = None
+        self._top_kv: tuple[nn.Linear, nn.Linear] | None = None  # not submodules: no state
+
+    def emit_keys_values(self, key: nn.Linear, value: nn.Linear) -> None:
+        """Also emit the next layer's (frozen) keys and values: output ``[h | key(h) |
+        value(h)]``, read by a ``FirstTokenLayer(kv_in_input=True)``."""
+        self._top_kv = (key, value)
+        self._store = None
 
     @property
     def store(self) -> FrozenStore:
         """The shared store for these frozen weights (looked up on first use, after loading)."""
         if self._store is None:
             params = [p.detach().flatten()[:4096] for p in self.parameters()]
+            for linear in self._top_kv or ():
+                params += [p.detach().flatten()[:4096] for p in linear.parameters()]
             fingerprint = float(torch.cat(params).double().sum()) if params else 0.0
-            key = (len(self.frozen_layers), self.width, fingerprint)
+            key = (len(self.frozen_layers), self.width, self._top_kv is not None, fingerprint)
             self._store = _STORES.setdefault(key, FrozenStore(STORE_TOKENS))
         return self._store
 
@@ -164,10 +173,10 @@ class CachedFrozenStack(nn.Module):
         states = self.store.states
         for part in {p for parts in rows for p in parts if p not in states}:
             self.store.add(part, self._compute(part))
-        out = input_ids.new_zeros((*input_ids.shape, self.width), dtype=torch.float32)
-        for i, parts in enumerate(rows):
-            out[i, : lengths[i]] = torch.cat([states[p] for p in parts])
-        return out
+        seqs = [states[p[0]] if len(p) == 1 else torch.cat([states[x] for x in p]) for p in rows]
+        out = nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # zeros where padded
+        missing = input_ids.shape[1] - out.shape[1]
+        return nn.functional.pad(out, (0, 0, 0, missing)) if missing > 0 else out
 
     @torch.no_grad()
     def _compute(self, ids: tuple[int, ...]) -> torch.Tensor:
@@ -176,6 +185,8 @@ class CachedFrozenStack(nn.Module):
         for layer in self.frozen_layers:
             h = layer(h)
             h = h[0] if isinstance(h, tuple) else h
+        if self._top_kv is not None:
+            h = torch.cat([h, self._top_kv[0](h), self._top_kv[1](h)], dim=-1)
         return h[0]
 
     def clear(self) -> None:
@@ -189,20 +200,28 @@ class FirstTokenLayer(nn.Module):
     takes ``hidden[:, 0]``), so computing the query, attention output and feed-forward for the
     other positions is wasted work: this wrapper gives the identical [CLS] output (keys and
     values still come from every token) at a fraction of the cost, and returns ``[B, 1, H]``.
+
+    With ``kv_in_input`` the input is ``[h | keys | values]`` (a ``CachedFrozenStack`` that
+    emits this layer's frozen keys and values), so the per-token work is done once per text.
     """
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, kv_in_input: bool = False):
         super().__init__()
         self.layer = layer
+        self.kv_in_input = kv_in_input
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
         attn = self.layer.attention.self
         batch, length, _ = hidden_states.shape
         heads, size = attn.num_attention_heads, attn.attention_head_size
+        if self.kv_in_input:
+            hidden_states, k, v = hidden_states.chunk(3, dim=-1)
+        else:
+            k, v = attn.key(hidden_states), attn.value(hidden_states)
         first = hidden_states[:, :1]
         q = attn.query(first).view(batch, 1, heads, size).transpose(1, 2)
-        k = attn.key(hidden_states).view(batch, length, heads, size).transpose(1, 2)
-        v = attn.value(hidden_states).view(batch, length, heads, size).transpose(1, 2)
+        k = k.reshape(batch, length, heads, size).transpose(1, 2)
+        v = v.reshape(batch, length, heads, size).transpose(1, 2)
         mask = attention_mask
         if mask is not None and mask.dim() == 4:
             mask = mask[:, :, :1, :]
@@ -238,11 +257,22 @@ def _supports_cache(model) -> bool:
     )
 
 
-def prepare_backbone(model, n_layers: int, cache: bool, split_token_id: int | None = None) -> dict:
+def prepare_backbone(
+    model,
+    n_layers: int,
+    cache: bool,
+    split_token_id: int | None = None,
+    freeze_top_kv: bool = False,
+) -> dict:
     """Freeze the embeddings and the first ``n_layers`` layers, memoize them (``cache``, BERT-
     style encoders) and evaluate a BERT classifier's last layer at [CLS] only.
 
-    Returns what was done: ``{"frozen_layers", "total_layers", "cached", "first_token_top"}``.
+    ``freeze_top_kv``: when exactly one (first-token) layer stays trainable, freeze its keys and
+    values too and compute them with the cached frozen part: each step then costs a few
+    [CLS]-sized products instead of a pass over every token.
+
+    Returns what was done: ``{"frozen_layers", "total_layers", "cached", "first_token_top",
+    "top_kv_frozen"}``.
     """
     layers = transformer_layers(model)
     total = len(layers)
@@ -250,7 +280,7 @@ def prepare_backbone(model, n_layers: int, cache: bool, split_token_id: int | No
     first_token = _reads_first_token(model)
     if first_token and n < total:  # a frozen last layer lives inside the cached stack instead
         layers[-1] = FirstTokenLayer(layers[-1])
-    info = {"frozen_layers": n, "total_layers": total, "cached": False, "first_token_top": False}
+    info = {"frozen_layers": n, "total_layers": total, "cached": False, "top_kv_frozen": False}
     info["first_token_top"] = first_token and n < total
     if n == 0:
         return info
@@ -270,6 +300,14 @@ def prepare_backbone(model, n_layers: int, cache: bool, split_token_id: int | No
             base.embeddings, frozen, pad, split_token_id, model.config.hidden_size
         )
         base.encoder.layer = nn.ModuleList(list(layers[n:]))
+        if freeze_top_kv and info["first_token_top"] and n == total - 1:
+            top = base.encoder.layer[0]
+            attn = top.layer.attention.self
+            attn.key.requires_grad_(False)
+            attn.value.requires_grad_(False)
+            base.embeddings.emit_keys_values(attn.key, attn.value)
+            top.kv_in_input = True
+            info["top_kv_frozen"] = True
     return info
 
 

@@ -151,8 +151,9 @@ class RewardModel:
             self.format_ = InputFormat.for_tokenizer(self.tokenizer_)
         split = self.tokenizer_.cls_token_id if self.format_.text_pair else None
         self.backbone_ = prepare_backbone(
-            self.model_, self.cfg.freeze_layers, self.cfg.cache_frozen, split
-        )
+            self.model_, self.cfg.freeze_layers, self.cfg.cache_frozen, split,
+            self.cfg.freeze_top_kv,
+        )  # fmt: skip
 
     def _extend(self) -> None:
         """Add the strategy's parts to the backbone (heads, adapters). Default: nothing."""
