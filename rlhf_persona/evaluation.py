@@ -177,3 +177,29 @@ def _samples(users: Users, items: EvalItems, replies: dict, per_segment: int = 2
                 {"prompt": items.prompts[j], **{p: r[j] for p, r in replies.items()}}
             )
     return out
+
+
+def drift_recovery(
+    records: list[dict], segment: str, after_round: int, tolerance: float = 0.05
+) -> dict:
+    """Rounds the drifting ``segment`` takes to win back its satisfaction after its tastes move.
+
+    ``records`` are the per-round evaluation records (``round.json``'s ``eval``). The reference
+    is the personalized policy's thumbs-up rate in round ``after_round`` (the last round before
+    the move); the segment has recovered in the first later round whose rate is within
+    ``tolerance`` of it. ``rounds_to_recover`` counts rounds after the move (1 = the first
+    round under the new tastes already recovered); None if it did not within the run.
+    """
+    rates = {r["round"]: r["segments"][segment]["personalized"]["thumbs_up"] for r in records}
+    if after_round not in rates:
+        return {"error": f"no evaluated round {after_round} before the drift"}
+    before = rates[after_round]
+    later = sorted(r for r in rates if r > after_round)
+    recovered = next((r for r in later if rates[r] >= before - tolerance), None)
+    return {
+        "segment": segment,
+        "before": before,
+        "first_after": rates[later[0]] if later else None,
+        "rounds_to_recover": None if recovered is None else recovered - after_round,
+        "per_round": rates,
+    }

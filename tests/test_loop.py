@@ -124,3 +124,16 @@ def test_report_renders_every_plot(interrupted_then_resumed):
         assert png.stat().st_size > 1000, name
         assert f'src="{name}.png"' in html
     assert "Sample replies" in html and "personalized" in html
+
+
+def _records(rates):
+    return [{"round": r, "segments": {"s": {"personalized": {"thumbs_up": t}}}} for r, t in rates]
+
+
+def test_drift_recovery_counts_rounds_after_the_move():
+    from rlhf_persona.evaluation import drift_recovery
+
+    out = drift_recovery(_records(enumerate([0.5, 0.7, 0.3, 0.5, 0.68])), "s", after_round=1)
+    assert (out["before"], out["first_after"], out["rounds_to_recover"]) == (0.7, 0.3, 3)
+    never = drift_recovery(_records(enumerate([0.5, 0.7, 0.3, 0.4])), "s", after_round=1)
+    assert never["rounds_to_recover"] is None
