@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rlhf_persona.feedback.store import FeedbackStore
@@ -46,6 +47,15 @@ def persona_registry(root: Path) -> Path:
     return root
 
 
+def warm_up(proc: ServiceProcess, user_id: str = "bob") -> None:
+    """Wait for the policy to load (in the background since start): one chat, generous
+    timeout, so the tests' own requests measure the service and not the model load."""
+    resp = httpx.post(f"{proc.base_url}/v1/chat", timeout=300,
+                      json={"user_id": user_id, "message": "hello", "ab": False},
+                      headers={"X-API-Key": proc.keys["collector"]})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+
+
 @pytest.fixture(scope="session")
 def chat_service(tmp_path_factory, tiny_test_path):
     """The service with chat, serving ``ann`` (segment 1) with a persona and ``bob`` (no
@@ -59,5 +69,6 @@ def chat_service(tmp_path_factory, tiny_test_path):
     args = ["--policy-registry", str(persona_registry(tmp / "registry"))]
     with ServiceProcess(url, env=env, args=args) as proc:
         proc.keys, proc.db = keys, db
+        warm_up(proc)
         yield proc
     assert "Traceback" not in proc.log(), proc.log()

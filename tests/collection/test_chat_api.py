@@ -40,7 +40,11 @@ def test_chat_routes_users_to_their_segment_policy_and_stores_provenance(api, ch
     assert ann.status_code == 200 and bob.status_code == 200, (ann.text, bob.text)
     ann, bob = ann.json(), bob.json()
     # ann is in segment 1 (persona route); bob has no segment (global -> base model).
-    assert (ann["policy"], ann["segment"], ann["generation"]["persona"]) == ("base+persona", 1, True)
+    assert (ann["policy"], ann["segment"], ann["generation"]["persona"]) == (
+        "base+persona",
+        1,
+        True,
+    )
     assert (bob["policy"], bob["segment"], bob["generation"]["persona"]) == ("base", None, False)
     # The service's share is 1: A/B unless the request says otherwise.
     assert ann["ab"] and [r["slot"] for r in ann["replies"]] == ["A", "B"]
@@ -105,8 +109,10 @@ def test_tokens_act_only_as_their_user_and_only_on_replies_shown_to_them(api, ch
         for headers in (forged, {"Authorization": "Bearer " + expired}):
             resp = fb(headers, event_id="tok-9", kind="thumbs", reply_id=a, value=1)
             assert resp.status_code == 401, resp.text
-        assert "expired" in anon.get("/v1/chat/session",
-                                     headers={"Authorization": "Bearer " + expired}).text
+        assert (
+            "expired"
+            in anon.get("/v1/chat/session", headers={"Authorization": "Bearer " + expired}).text
+        )
     with FeedbackStore(chat_service.db, hash_key=HASH_KEY) as store:
         current = {(e["kind"], e["reply_id"]): e for e in store.events(user_id="ann")}
         assert current[("thumbs", a)]["value"] == -1

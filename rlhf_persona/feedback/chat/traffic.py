@@ -33,6 +33,7 @@ class TrafficReport:
     sent: Counter = field(default_factory=Counter)  # "chat", "feedback:thumbs", ...
     answers: Counter = field(default_factory=Counter)  # "POST /v1/chat 200", ...
     failures: Counter = field(default_factory=Counter)  # requests given up, by reason
+    posted: list[str] = field(default_factory=list)  # event ids sent (retries counted once)
     acked: list[str] = field(default_factory=list)  # event ids answered 2xx
     examples: list[dict[str, Any]] = field(default_factory=list)  # first exchanges, in full
     retries: int = 0
@@ -128,6 +129,7 @@ async def _play_user(
         texts = [r["text"] for r in chat["replies"]]
         for event in _pick_events(sim, idx, prompt, texts, turn):
             report.sent[f"feedback:{event['kind']}"] += 1
+            report.posted.append(event["event_id"])
             ack = await http.post("/v1/feedback", event)
             if ack is not None and 200 <= ack.status_code < 300:
                 report.acked.append(event["event_id"])
@@ -181,9 +183,11 @@ async def run_traffic_async(
     ab: bool | None = None,
     embed: bool = True,
     show: int = 3,
+    report: TrafficReport | None = None,
 ) -> TrafficReport:
     """Play the simulation against ``url``; see the module docstring. ``ab`` forces (True) or
-    forbids (False) A/B turns; None leaves it to the service's share."""
+    forbids (False) A/B turns; None leaves it to the service's share. Pass ``report`` to watch
+    it fill while the traffic runs (e.g. from another thread)."""
     from rlhf_persona.simulation import FeedbackSimulator, load_population, sample_prompts
 
     pop = load_population(population)
@@ -191,7 +195,7 @@ async def run_traffic_async(
     sim = FeedbackSimulator(sampled, seed=seed, embed=embed)
     all_idx = list(range(len(sampled)))
     prompts = [sample_prompts(sampled, all_idx, seed=seed, round=t)[0] for t in range(turns)]
-    report = TrafficReport()
+    report = report if report is not None else TrafficReport()
     start = time.monotonic()
     headers = {"X-API-Key": api_key} if api_key else {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

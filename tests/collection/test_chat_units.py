@@ -1,0 +1,116 @@
+"""The parts of live collection that need no service: tokens, the micro-batcher, the reason-tag
+vocabulary, and the commands' input errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhf_persona.cli import app
+from rlhf_persona.errors import UserError
+from rlhf_persona.feedback.chat.batcher import MicroBatcher
+from rlhf_persona.feedback.chat.commands import chat_env
+from rlhf_persona.feedback.chat.serving import REASON_TAGS
+from rlhf_persona.feedback.chat.tokens import TokenError, mint_token, token_key, verify_token
+
+
+def test_tokens_carry_their_user_and_expire():
+    key = token_key("secret")
+    token = mint_token(key, "user.with:odd@chars", 60, now=1_000_000)
+    found = verify_token(key, token, now=1_000_030)
+    assert (found.user_id, found.expires_at) == ("user.with:odd@chars", 1_000_060)
+    with pytest.raises(TokenError, match="expired"):
+        verify_token(key, token, now=1_000_061)
+    with pytest.raises(TokenError, match="invalid"):
+        verify_token(token_key("other"), token, now=1_000_030)
+    version, payload, signature = token.split(".")
+    forged_payload = mint_token(key, "admin", 60, now=1_000_000).split(".")[1]
+    with pytest.raises(TokenError, match="invalid"):  # another user's payload, old signature
+        verify_token(key, f"{version}.{forged_payload}.{signature}", now=1_000_030)
+    for bad in ("", "v1.x", "v2.a.b", "v1..", "x" * 2000):
+        with pytest.raises(TokenError):
+            verify_token(key, bad)
+    # Without a secret the key derives from the hash key: the service and the CLI agree.
+    assert token_key(None, "k1") == token_key(None, "k1") != token_key(None, "k2")
+
+
+def test_micro_batcher_groups_concurrent_requests_off_the_event_loop():
+    calls: list[list[int]] = []
+    loop_thread: list[int] = []
+
+    def double(items: list[int]) -> list[int]:
+        assert threading.get_ident() != loop_thread[0]  # never on the event loop's thread
+        calls.append(items)
+        time.sleep(0.05)  # a "generation" that would block the loop
+        return [2 * i for i in items]
+
+    async def scenario():
+        loop_thread.append(threading.get_ident())
+        batcher = MicroBatcher(double, max_batch=4, window_s=0.02)
+        batcher.start()
+        ticks = 0
+
+        async def ticker():  # the loop stays responsive while batches run
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        pair = await batcher.submit_many([20, 21])
+        tick.cancel()
+        await batcher.stop()
+        return results, pair, ticks
+
+    results, pair, ticks = asyncio.run(scenario())
+    assert results == [2 * i for i in range(10)] and pair == [40, 42]
+    assert [len(c) for c in calls[:3]] == [4, 4, 2]  # 10 concurrent requests, max_batch 4
+    assert ticks >= 10  # ~0.2 s of batches; the loop kept ticking meanwhile
+
+
+def test_micro_batcher_gives_every_waiter_the_batch_error():
+    def fail(items):
+        raise RuntimeError("model exploded")
+
+    async def scenario():
+        batcher = MicroBatcher(fail, max_batch=8, window_s=0.01)
+        batcher.start()
+        out = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+        await batcher.stop()
+        return out
+
+    assert [str(e) for e in asyncio.run(scenario())] == ["model exploded"] * 3
+
+
+def test_page_reason_tags_are_the_simulated_users_vocabulary():
+    from rlhf_persona.simulation.user import REASON_TAGS as SIMULATED
+
+    vocabulary = {tag for pair in SIMULATED.values() for tag in pair if tag}
+    assert set(REASON_TAGS) == vocabulary and len(REASON_TAGS) == len(vocabulary)
+
+
+def test_serve_chat_options_become_settings_and_a_bad_registry_is_refused(tmp_path):
+    env = chat_env("embedded:tiny-test", None, 0.5, True)
+    assert env == {
+        "RLHF_PERSONA_CHAT_POLICY": "embedded:tiny-test",
+        "RLHF_PERSONA_CHAT_AB_SHARE": "0.5",
+        "RLHF_PERSONA_CHAT_PRELOAD": "True",
+    }
+    with pytest.raises(UserError, match="manifest.json"):
+        chat_env(None, tmp_path, None, False)
+
+
+def test_commands_name_bad_input(tmp_path):
+    runner = CliRunner()
+    db = tmp_path / "f.db"
+    result = runner.invoke(app, ["chat-link", "ghost", "--db", str(db)])
+    assert isinstance(result.exception, UserError) and "ghost" in str(result.exception)
+    result = runner.invoke(app, ["simulate-traffic", "--url", "localhost:8000"])
+    assert isinstance(result.exception, UserError) and "--url" in str(result.exception)
+    result = runner.invoke(app, ["serve", "--policy-registry", str(tmp_path), "--db", str(db)])
+    assert isinstance(result.exception, UserError) and "--policy-registry" in str(result.exception)
