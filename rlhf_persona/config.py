@@ -118,6 +118,24 @@ class RewardConfig(Section):
         "heads", description="How the reward model conditions on the segment."
     )
     user_level: bool = Field(False, description="Add shrunk per-user residuals on top.")
+    user_shrinkage: float = Field(
+        5.0,
+        gt=0,
+        description="user level: L2 strength λ pulling each user's residual toward 0 (= their "
+        "segment's score); larger keeps users with few labels closer to their segment.",
+    )
+    user_features: Literal["reply", "embedding", "item_embedding"] = Field(
+        "reply",
+        description="user level: residual features — observable reply features, or the MiniLM "
+        "embedding of the reply projected to user_dims principal components.",
+    )
+    user_dims: int = Field(8, ge=1, description="user level: embedding dims of the residual.")
+    best_of_n: int = Field(
+        1,
+        ge=1,
+        description="serving: replies sampled from the segment policy per request, the one the "
+        "user-level reward scores highest is returned (1 = off; cost ≈ n × generation).",
+    )
     max_length: int = Field(
         128, ge=16, description="Max tokens of (persona +) prompt + reply; longer rows truncated."
     )
