@@ -139,16 +139,19 @@ class RewardConfig(Section):
     max_length: int = Field(
         128, ge=16, description="Max tokens of (persona +) prompt + reply; longer rows truncated."
     )
-    epochs: float = Field(2.0, gt=0, description="Passes over the preference pairs.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the preference pairs.")
     max_steps: int | None = Field(
         None, ge=1, description="Cap on optimizer steps per training phase (None: epochs decide)."
     )
     batch_size: int = Field(32, ge=1, description="Preference pairs per optimizer step.")
     learning_rate: float = Field(
-        1e-4, gt=0, description="AdamW learning rate of the trainable encoder layers."
+        3e-4, gt=0, description="AdamW learning rate of the trainable encoder layers."
     )
     head_learning_rate: float = Field(
-        2e-3, gt=0, description="AdamW learning rate of the reward heads and the pooler."
+        5e-3,
+        gt=0,
+        description="AdamW learning rate of the reward heads, the pooler and LoRA / low-rank "
+        "adapter weights.",
     )
     freeze_layers: int = Field(
         5,
@@ -166,6 +169,12 @@ class RewardConfig(Section):
         description="With one trainable layer left (BERT-style, cached): freeze its keys/values "
         "too and cache them; steps get several times cheaper, the [CLS] query, attention "
         "output and feed-forward still train.",
+    )
+    top_kv_rank: int = Field(
+        0,
+        ge=0,
+        description="With freeze_top_kv: rank of a trainable correction of the cached keys/values "
+        "(0: none); a little of their trainability back at a fraction of the cost.",
     )
     margin_scale: float = Field(
         0.0,
@@ -205,10 +214,10 @@ class RewardConfig(Section):
         20, ge=1, description="eval (simulator): held-out pairs per user, on unseen prompts."
     )
     eval_prompts: int = Field(
-        160, ge=2, description="eval (simulator): prompts in the training pool (test pool: 1/3)."
+        120, ge=2, description="eval (simulator): prompts in the training pool (test pool: 1/3)."
     )
     eval_replies_per_prompt: int = Field(
-        6, ge=2, description="eval (simulator): styled corpus replies written per prompt."
+        5, ge=2, description="eval (simulator): styled corpus replies written per prompt."
     )
     few_shot: list[int] = Field(
         [0, 5, 20, 50], description="eval: new users' own label counts for the few-shot curve."

@@ -181,8 +181,8 @@ def test_minilm_input_keeps_emoji_lines_and_punctuation():
     assert tok.unk_token not in tokens
 
 
-@pytest.mark.parametrize("freeze_top_kv", [False, True])
-def test_frozen_cache_and_first_token_layer_are_exact(freeze_top_kv):
+@pytest.mark.parametrize(("freeze_top_kv", "rank"), [(False, 0), (True, 4)])
+def test_frozen_cache_and_first_token_layer_are_exact(freeze_top_kv, rank):
     """The CPU shortcuts change no output: same logits as the plain model, padding included."""
     from rlhf_persona.reward.backbone import load_backbone, prepare_backbone
     from rlhf_persona.reward.text import InputFormat
@@ -191,7 +191,7 @@ def test_frozen_cache_and_first_token_layer_are_exact(freeze_top_kv):
     plain, tok = load_backbone(ENCODER)
     torch.manual_seed(0)
     fast, _ = load_backbone(ENCODER)
-    info = prepare_backbone(fast, 5, True, tok.cls_token_id, freeze_top_kv)
+    info = prepare_backbone(fast, 5, True, tok.cls_token_id, freeze_top_kv, rank)
     assert info["cached"] and info["first_token_top"] and info["top_kv_frozen"] == freeze_top_kv
     ids = InputFormat.for_tokenizer(tok).encode(tok, ["a?", "b"], [SHORT_CASUAL, LONG_FORMAL])
     batch = tok.pad({"input_ids": ids}, return_tensors="pt")

@@ -202,13 +202,25 @@ class FirstTokenLayer(nn.Module):
     values still come from every token) at a fraction of the cost, and returns ``[B, 1, H]``.
 
     With ``kv_in_input`` the input is ``[h | keys | values]`` (a ``CachedFrozenStack`` that
-    emits this layer's frozen keys and values), so the per-token work is done once per text.
+    emits this layer's frozen keys and values), so the per-token work is done once per text;
+    ``add_kv_delta(r)`` then adds trainable rank-``r`` corrections ``B·A·h`` to those keys and
+    values (``B`` starts at zero: the output is unchanged until trained).
     """
 
     def __init__(self, layer: nn.Module, kv_in_input: bool = False):
         super().__init__()
         self.layer = layer
         self.kv_in_input = kv_in_input
+        self.kv_delta: nn.ModuleDict | None = None
+
+    def add_kv_delta(self, rank: int) -> None:
+        width = self.layer.attention.self.query.in_features
+        self.kv_delta = nn.ModuleDict()
+        for name in ("key", "value"):
+            down = nn.Linear(width, rank, bias=False)
+            up = nn.Linear(rank, width, bias=False)
+            nn.init.zeros_(up.weight)
+            self.kv_delta[name] = nn.Sequential(down, up)
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
         attn = self.layer.attention.self
@@ -216,6 +228,9 @@ class FirstTokenLayer(nn.Module):
         heads, size = attn.num_attention_heads, attn.attention_head_size
         if self.kv_in_input:
             hidden_states, k, v = hidden_states.chunk(3, dim=-1)
+            if self.kv_delta is not None:
+                k = k + self.kv_delta["key"](hidden_states)
+                v = v + self.kv_delta["value"](hidden_states)
         else:
             k, v = attn.key(hidden_states), attn.value(hidden_states)
         first = hidden_states[:, :1]
@@ -263,13 +278,15 @@ def prepare_backbone(
     cache: bool,
     split_token_id: int | None = None,
     freeze_top_kv: bool = False,
+    top_kv_rank: int = 0,
 ) -> dict:
     """Freeze the embeddings and the first ``n_layers`` layers, memoize them (``cache``, BERT-
     style encoders) and evaluate a BERT classifier's last layer at [CLS] only.
 
     ``freeze_top_kv``: when exactly one (first-token) layer stays trainable, freeze its keys and
     values too and compute them with the cached frozen part: each step then costs a few
-    [CLS]-sized products instead of a pass over every token.
+    [CLS]-sized products instead of a pass over every token; ``top_kv_rank`` > 0 gives them a
+    trainable low-rank correction back (cheap: rank-r products per token).
 
     Returns what was done: ``{"frozen_layers", "total_layers", "cached", "first_token_top",
     "top_kv_frozen"}``.
@@ -307,7 +324,10 @@ def prepare_backbone(
             attn.value.requires_grad_(False)
             base.embeddings.emit_keys_values(attn.key, attn.value)
             top.kv_in_input = True
+            if top_kv_rank > 0:
+                top.add_kv_delta(top_kv_rank)
             info["top_kv_frozen"] = True
+            info["top_kv_rank"] = top_kv_rank
     return info
 
 

@@ -152,7 +152,7 @@ class RewardModel:
         split = self.tokenizer_.cls_token_id if self.format_.text_pair else None
         self.backbone_ = prepare_backbone(
             self.model_, self.cfg.freeze_layers, self.cfg.cache_frozen, split,
-            self.cfg.freeze_top_kv,
+            self.cfg.freeze_top_kv, self.cfg.top_kv_rank,
         )  # fmt: skip
 
     def _extend(self) -> None:

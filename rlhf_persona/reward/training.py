@@ -22,8 +22,9 @@ from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 
-# Parameters trained at ``head_learning_rate``: reward heads, the pooler, LoRA adapters.
-HEAD_PARTS = ("classifier", "score", "heads", "pooler", "lora_", "modules_to_save")
+# Parameters trained at ``head_learning_rate``: reward heads, the pooler, LoRA adapters and the
+# low-rank key/value corrections (all start at or near zero and need the larger rate).
+HEAD_PARTS = ("classifier", "score", "heads", "pooler", "lora_", "modules_to_save", "kv_delta")
 
 
 class StepTimer(TrainerCallback):
