@@ -171,7 +171,7 @@ def trl_reward_func(fn: RewardFn) -> Callable[..., list[float]]:
         scores = fn(
             prompts=[text_of(p) for p in prompts],
             completions=[text_of(c) for c in completions],
-            segment_id=[int(s) for s in segment_id],
+            segment_id=[None if s is None else int(s) for s in segment_id],
             **kwargs,
         )
         return [float(s) for s in scores]
