@@ -97,7 +97,7 @@ def test_corpus_system_messages_describe_the_style():
 # --- the tiny-test policy ---------------------------------------------------------------------
 
 
-def test_tiny_test_reloads_through_auto_classes_and_generates(tiny_test_path: Path):
+def test_tiny_test_reloads_through_auto_classes_and_generates(tiny_test_path: Path, single_thread):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_test_path)
@@ -115,7 +115,7 @@ def test_tiny_test_reloads_through_auto_classes_and_generates(tiny_test_path: Pa
     assert tok.decode(tok("Hey 😀 🎉 garlic!")["input_ids"]) == "Hey 😀 🎉 garlic!"
 
     ids = tok(head, return_tensors="pt", add_special_tokens=False)
-    out = model.generate(**ids, max_new_tokens=120, do_sample=False)
+    out = model.generate(**ids, max_new_tokens=160, do_sample=False)
     reply_ids = out[0, ids["input_ids"].shape[1] :].tolist()
     reply = tok.decode(reply_ids, skip_special_tokens=True)
     assert len(reply.split()) >= 3
@@ -131,17 +131,20 @@ def test_second_build_is_a_cache_hit(tiny_test_path: Path, model_cache: Path):
     assert resolve_model_path("embedded:tiny-test") == tiny_test_path  # default cache from env
 
 
+# The real build path with a short SFT on a small corpus (part of the recipe: own folders).
+QUICK = {"steps": 2, "corpus_size": 256}
+
+
 def test_same_seed_gives_byte_identical_weights(tmp_path: Path):
-    # The real build path with a short SFT (steps is part of the recipe, so its own folder).
     import torch
 
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    a = build_embedded("tiny-test", tmp_path / "a", steps=2)
+    a = build_embedded("tiny-test", tmp_path / "a", **QUICK)
     assert torch.equal(torch.rand(3), expected), "a build must not disturb the caller's RNG"
-    b = build_embedded("tiny-test", tmp_path / "b", steps=2)
-    c = build_embedded("tiny-test", tmp_path / "c", steps=2, seed=1)
+    b = build_embedded("tiny-test", tmp_path / "b", **QUICK)
+    c = build_embedded("tiny-test", tmp_path / "c", **QUICK, seed=1)
     assert not a.cache_hit and not b.cache_hit and a.path.name == b.path.name != c.path.name
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
@@ -154,7 +157,7 @@ def test_two_processes_building_at_once_share_one_build(tmp_path: Path):
     code = (
         "import json, sys; from pathlib import Path;"
         "from rlhf_persona.models.build import build_embedded;"
-        "r = build_embedded('tiny-test', Path(sys.argv[1]), steps=2);"
+        f"r = build_embedded('tiny-test', Path(sys.argv[1]), **{QUICK!r});"
         "print(json.dumps({'hit': r.cache_hit, 'path': str(r.path)}))"
     )
     procs = [
@@ -178,12 +181,13 @@ def test_two_processes_building_at_once_share_one_build(tmp_path: Path):
     ]
 
 
-def test_sampled_replies_vary_along_every_axis(tiny_test_path: Path):
+def test_sampled_replies_vary_along_every_axis(tiny_test_path: Path, single_thread):
     from rlhf_persona.models.sampling import sample_replies
 
     model, tok = load_causal_lm(str(tiny_test_path))
     prompts = ["Can you help me with garlic?", "Give me advice on fitness."]
-    replies = [r for rs in sample_replies(model, tok, prompts, n=24, seed=0) for r in rs]
+    replies = sample_replies(model, tok, prompts, n=16, max_new_tokens=96, seed=0)
+    replies = [r for rs in replies for r in rs]
     checks = {
         "emoji": lambda r: any(e in r for e in EMOJI),
         "structure": lambda r: any(ln.startswith(BULLET_PREFIX) for ln in r.splitlines()),

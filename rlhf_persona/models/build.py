@@ -26,7 +26,7 @@ from filelock import FileLock
 from rlhf_persona.models.corpus import build_corpus, corpus_texts
 
 # Bump when the build code changes what it produces, so old cache folders are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 # Special tokens; ``<|end|>`` closes every turn and is the EOS, so generation stops at the end
 # of the assistant's turn.
@@ -105,19 +105,15 @@ def build_embedded(
     name: str,
     cache_dir: Path,
     *,
-    seed: int | None = None,
-    steps: int | None = None,
     progress: ProgressFn | None = None,
+    **overrides,
 ) -> BuildResult:
     """Return the cached build of ``RECIPES[name]``, building it first if it is missing.
 
-    ``seed`` and ``steps`` override the recipe (a different recipe, so a different folder).
+    ``overrides`` replace recipe fields (e.g. ``seed=1``, ``steps=2``): a different recipe, so a
+    different cache folder.
     """
-    recipe = RECIPES[name]
-    if seed is not None:
-        recipe = replace(recipe, seed=seed)
-    if steps is not None:
-        recipe = replace(recipe, steps=steps)
+    recipe = replace(RECIPES[name], **overrides)
     final = build_folder(name, recipe, cache_dir)
     start = time.perf_counter()
     if final.is_dir():  # fast path, no lock needed: folders only ever appear complete

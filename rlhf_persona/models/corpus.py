@@ -96,6 +96,7 @@ _FRAMES = {
     ),
 }
 _FORMAL_CONNECTORS = ("furthermore", "moreover", "in addition", "therefore", "consequently")
+_LAST_CONNECTOR = "finally"
 _OPENERS = {  # first words of the reply, per register (casual greets, formal acknowledges)
     "casual": ("hey, ", "hey there, "),
     "neutral": ("",),
@@ -192,7 +193,12 @@ def _content_sentences(style: Style, topic: str, kw: str, rng: random.Random) ->
     sentences = []
     for i, core in enumerate(cores):
         text = rng.choice(_FRAMES[style.formality]).format(core=core)
-        if style.formality == "formal" and i > 0:
+        if 0 < i == n - 1:
+            # One fixed word opens the last sentence, so a small model can tell where a reply
+            # ends: without it, greedy decoding never leaves a bullet list (the newline that
+            # starts another bullet always outweighs the end of the turn).
+            text = f"{_LAST_CONNECTOR}, {text}"
+        elif style.formality == "formal" and i > 0:
             text = f"{rng.choice(_FORMAL_CONNECTORS)}, {text}"
         if i == 0:
             text = rng.choice(_OPENERS[style.formality]) + text
