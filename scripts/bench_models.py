@@ -3,7 +3,7 @@
 Prints progress lines, then one final JSON line with the keys
 ``build_s_tiny``, ``build_s_tiny_test`` (fresh builds in a temporary cache),
 ``gen_tok_s_b1``, ``gen_tok_s_b32`` (new tokens per second, sampling with embedded:tiny on CPU),
-``peak_rss_mb`` (this process), and ``feature_spread``: the standard deviation of each reply
+``peak_rss_mb`` (this process; ``*_1thread`` variants show generation on one thread), and ``feature_spread``: the standard deviation of each reply
 feature over 64 sampled replies of embedded:tiny to the same prompts (each must be > 0).
 
 Usage: python scripts/bench_models.py [--cache-dir DIR]  (default: a fresh temporary folder)
@@ -129,6 +129,12 @@ def main() -> None:
     model, tok = load_causal_lm("embedded:tiny", cache, device="cpu")
     result["gen_tok_s_b1"] = round(gen_tokens_per_s(model, tok, 1), 1)
     result["gen_tok_s_b32"] = round(gen_tokens_per_s(model, tok, 32), 1)
+    # Tiny matrices gain little from threads, and on a loaded machine extra threads cost a lot.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result["gen_tok_s_b1_1thread"] = round(gen_tokens_per_s(model, tok, 1), 1)
+    result["gen_tok_s_b32_1thread"] = round(gen_tokens_per_s(model, tok, 32), 1)
+    torch.set_num_threads(threads)
 
     replies = [r for rs in sample_replies(model, tok, PROMPTS, n=16, seed=0) for r in rs]
     prompts = [p for p in PROMPTS for _ in range(16)]
