@@ -2,9 +2,10 @@
 
 Prints progress lines, then one final JSON line with the keys
 ``build_s_tiny``, ``build_s_tiny_test`` (fresh builds in a temporary cache),
-``gen_tok_s_b1``, ``gen_tok_s_b32`` (new tokens per second, sampling with embedded:tiny on CPU),
-``peak_rss_mb`` (this process; ``*_1thread`` variants show generation on one thread), and ``feature_spread``: the standard deviation of each reply
-feature over 64 sampled replies of embedded:tiny to the same prompts (each must be > 0).
+``gen_tok_s_b1``, ``gen_tok_s_b32`` (new tokens per second, sampling with embedded:tiny on CPU;
+``*_1thread`` variants: on one thread), ``peak_rss_mb`` (this process), and
+``feature_spread``: the standard deviation of each reply feature over 64 sampled replies of
+embedded:tiny to the same prompts (each must be > 0).
 
 Usage: python scripts/bench_models.py [--cache-dir DIR]  (default: a fresh temporary folder)
 """
