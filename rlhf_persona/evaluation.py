@@ -203,3 +203,32 @@ def drift_recovery(
         "rounds_to_recover": None if recovered is None else recovered - after_round,
         "per_round": rates,
     }
+
+
+def best_of_n_thumbs(users: Users, items: EvalItems, generator, reward, ns=(1, 4, 8),
+                     round: int = 0, embed: bool = False, seed: int = 0,
+                     max_new_tokens: int = 64, temperature: float = 1.0) -> dict:  # fmt: skip
+    """Best-of-n serving with ``reward`` (e.g. the user-level one): per n, expected thumbs-up per
+    true segment and the p50 latency of one request (one user, one prompt, n samples)."""
+    import time
+
+    from rlhf_persona.policy.best_of_n import best_of_n
+
+    out = {}
+    for n in ns:
+        replies, latency = [], []
+        for j, prompt in enumerate(items.prompts):  # one request at a time: serving latency
+            start = time.perf_counter()
+            res = best_of_n(generator, reward, [int(items.segments[j])], [prompt],
+                            [items.user_ids[j]], n=n, max_new_tokens=max_new_tokens,
+                            temperature=temperature, seed=seed + j)  # fmt: skip
+            latency.append(time.perf_counter() - start)
+            replies.extend(res.replies)
+        value = oracle.policy_value(users, items.user_idx, _features(users, items, replies, embed),
+                                    round)  # fmt: skip
+        out[n] = {
+            "thumbs_up": value["overall"]["thumbs_up_rate"],
+            "per_segment": {k: v["thumbs_up_rate"] for k, v in value["per_segment"].items()},
+            "p50_latency_s": float(np.median(latency)),
+        }
+    return out

@@ -97,8 +97,10 @@ def train(
     s = rm.stats_
     Console().print(
         f"reward {s['strategy']}: {s['pairs']} pairs {s['pairs_per_segment']}, {s['steps']} "
-        f"steps in {s['train_s']:.0f} s ({s['step_s']:.2f} s/step) → {out}",
+        f"steps in {s['train_s']:.0f} s ({s['step_s']:.2f} s/step), {s['unusable_thumbs']} "
+        f"unusable thumbs → {out}",
         highlight=False,
+        soft_wrap=True,
     )
     for decision in s["decisions"]:
         Console().print(f"  note: {decision}", highlight=False)
@@ -149,3 +151,9 @@ def evaluate(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=str))
     console.print(f"written {path}", highlight=False)
+
+
+# Global vs segment vs user level on any store (issue 9): rlhf_persona/reward/personal_commands.py
+from rlhf_persona.reward.personal_commands import personal  # noqa: E402
+
+app.command("personal")(personal)

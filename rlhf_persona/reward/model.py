@@ -201,6 +201,10 @@ class RewardModel:
             "step_s": float(np.median(step_times)) if step_times else phases[0]["step_s"],
             "backbone": self.backbone_,
             "export": pairs.report,
+            # thumbs with no opposite thumb on the same prompt cannot form a pair
+            "unusable_thumbs": int(
+                pairs.report.get("dropped", {}).get("thumb_without_opposite", 0)
+            ),
             "decisions": self.decisions_,
             "phases": [{k: v for k, v in p.items() if k != "step_times"} for p in phases],
         }

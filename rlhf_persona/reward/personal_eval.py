@@ -19,7 +19,7 @@ preference export (Polis: each participant's agree vs disagree statements), a he
   statements from their text alone, the hardest);
 
 test pairs have both replies among the user's held-out items and training pairs neither (a
-mixed pair would leak the user's own training vote); 
+mixed pair would leak the user's own training vote);
 
 segments fitted on the training events only (profile / behaviour / both, side by side), and
 per-level accuracy with bootstrap 95% CIs over users (users are resampled with their pairs, as
@@ -214,8 +214,10 @@ def _split_pairs(pairs: PairData, events: list[dict], how: str, share: float, se
     """(train rows, test rows, train-event mask): test pairs have both replies among the
     user's held-out items, training pairs neither (mixed pairs would leak a training vote)."""
     held = _held_items(events, how, share, seed)
-    side = [(r1 in held.get(u, ()), r2 in held.get(u, ()))
-            for u, r1, r2 in zip(pairs.user_ids, pairs.chosen, pairs.rejected, strict=True)]
+    side = [
+        (r1 in held.get(u, ()), r2 in held.get(u, ()))
+        for u, r1, r2 in zip(pairs.user_ids, pairs.chosen, pairs.rejected, strict=True)
+    ]
     train = np.array([i for i, (c, r) in enumerate(side) if not c and not r], dtype=np.int64)
     test = np.array([i for i, (c, r) in enumerate(side) if c and r], dtype=np.int64)
     ev_train = np.array([e["reply"] not in held.get(e["user_id"], ()) for e in events])
@@ -236,7 +238,7 @@ def _segment(users, events, option: str, behaviour: str, k, seed: int) -> dict[s
 
 
 def store_levels(store, *, split: str = "item", options=("behaviour",), behaviour: str = "items",
-                 features: str = "item_embedding", dims: int = 8, shrinkage: float = 2.0,
+                 features: str = "item_embedding", dims: int = 8, shrinkage: float = 5.0,
                  k: int | None = None, test_share: float = 0.25, n_boot: int = 1000,
                  seed: int = 0, encoder: str = "embedded:minilm",
                  user_features: str = "embedding") -> dict:  # fmt: skip
@@ -263,8 +265,12 @@ def store_levels(store, *, split: str = "item", options=("behaviour",), behaviou
         seg_pairs = pairs.subset(np.arange(len(pairs)))
         seg_pairs.segment = np.array([segments.get(u, -1) for u in pairs.user_ids])
         train, test = seg_pairs.subset(train_idx), seg_pairs.subset(test_idx)
-        models = fit_levels(train, ReplyFeaturizer(features, dims, encoder), shrinkage,
-                            user_featurizer=ReplyFeaturizer(user_features, dims, encoder))
+        models = fit_levels(
+            train,
+            ReplyFeaturizer(features, dims, encoder),
+            shrinkage,
+            user_featurizer=ReplyFeaturizer(user_features, dims, encoder),
+        )
         hits = {lvl: _hits(_margins(models[lvl], test, lvl == "user")) for lvl in LEVELS}
         res = bootstrap_ci(hits, np.array(test.user_ids), n_boot, seed)
         res["per_segment"] = _per_segment(hits, test.segment)
