@@ -256,7 +256,8 @@ def store_levels(store, *, split: str = "item", options=("behaviour",), behaviou
     train_events = [e for e, keep in zip(events, ev_train, strict=True) if keep]
     report: dict = {"split": split, "users": len(users), "pairs": len(pairs),
                     "train_pairs": len(train_idx), "test_pairs": len(test_idx),
-                    "features": features, "user_features": user_features, "ceilings": NO_CEILINGS, "segmentations": {}}  # fmt: skip
+                    "features": features, "user_features": user_features,
+                    "ceilings": NO_CEILINGS, "segmentations": {}}  # fmt: skip
     for option in options:
         segments = _segment(users, train_events, option, behaviour, k, seed)
         if isinstance(segments, str):

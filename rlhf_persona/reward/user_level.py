@@ -1,4 +1,4 @@
-"""Per-user residuals on top of any segment reward: r_user = r_segment + b_u + w_u · φ(prompt, reply).
+"""Per-user residuals on any segment reward: r_user = r_segment + b_u + w_u · φ(prompt, reply).
 
     from rlhf_persona.reward.user_level import ReplyFeaturizer, UserLevelReward
     ul = UserLevelReward(base=rm, featurizer=ReplyFeaturizer("reply"), shrinkage=2.0).fit(export)
