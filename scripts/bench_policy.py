@@ -24,6 +24,7 @@ import resource
 import tempfile
 import time
 
+import torch
 from datasets import Dataset
 
 from rlhf_persona.config import PolicyConfig
@@ -85,7 +86,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=PolicyConfig().batch_size)
     ap.add_argument("--beta", type=float, default=PolicyConfig().beta)
     ap.add_argument("--max-new-tokens", type=int, default=80)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: best for tiny models)"
+    )
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     data = pairs(args.pairs, seed=0, contrast=args.contrast)
     rng = random.Random(1)
@@ -131,6 +136,7 @@ def main() -> None:
                 "beta": args.beta,
                 "learning_rate": args.learning_rate,
                 "batch_size": args.batch_size,
+                "threads": args.threads,
                 "load_avg": round(os.getloadavg()[0], 2),
                 "results": results,
             },
