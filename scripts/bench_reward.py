@@ -8,7 +8,9 @@ segment-knowing predictor, and times a bare TRL RewardTrainer on the same rows a
 Sizing for a 2-core CPU (what this script chooses by default, all flags):
 * MiniLM-L6 with the bottom 5 of 6 layers frozen (``--freeze-layers``); the frozen part runs
   once per distinct text, shared by all strategies (prompt pools of ``--prompts`` prompts ×
-  ``--replies`` replies); the trainable top layer is evaluated at [CLS] only;
+  ``--replies`` replies); the trainable top layer is evaluated at [CLS] only, its keys/values
+  frozen and cached with a trainable rank-16 correction (``--top-kv-rank``);
+* lora starts from the fitted global model (its phase 1) and trains adapters ``--lora-epochs``;
 * ``--max-length`` 128 tokens (corpus replies fit), batch 32 pairs, ``--epochs`` passes;
 * one torch thread (``--threads``): on a machine loaded by other jobs, more threads contend.
 
@@ -75,9 +77,12 @@ def bare_trl_step(rm, dataset, steps: int, seed: int) -> float:
     rows = rm._rows(pairs, rm._index_array(pairs.segment))
     torch.manual_seed(seed)
     model, tok = load_backbone(rm.encoder_spec)
-    prepare_backbone(model, rm.cfg.freeze_layers, rm.cfg.cache_frozen, tok.cls_token_id)
+    c = rm.cfg
+    prepare_backbone(
+        model, c.freeze_layers, c.cache_frozen, tok.cls_token_id, c.freeze_top_kv, c.top_kv_rank
+    )
     cfg = rm.cfg.model_copy(update={"max_steps": steps, "head_learning_rate": rm.cfg.learning_rate})
-    args = trainer_args(cfg, n_rows=len(rows), epochs=1, seed=seed, remove_unused=True)
+    args = trainer_args(cfg, n_rows=len(rows), epochs=1, seed=seed, remove_unused=False)
     timer = StepTimer()
     RewardTrainer(model=model, args=args, train_dataset=rows, processing_class=tok,
                   callbacks=[timer]).train()  # fmt: skip
@@ -87,12 +92,13 @@ def bare_trl_step(rm, dataset, steps: int, seed: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--population", default="four_segments")
-    p.add_argument("--users", type=int, default=200)
+    p.add_argument("--users", type=int, default=300)
     p.add_argument("--labels", type=int, default=30, help="A/B labels per training user")
     p.add_argument("--strategies", default="global,prefix,heads,lora")
     p.add_argument("--encoder", default="embedded:minilm")
     p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--lora-epochs", type=float, default=2.0)
+    p.add_argument("--lora-epochs", type=float, default=1.0)
+    p.add_argument("--top-kv-rank", type=int, default=16, help="-1: train the top keys/values")
     p.add_argument("--freeze-layers", type=int, default=5)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--prompts", type=int, default=120, help="training prompt pool (test: 1/3)")
@@ -126,6 +132,8 @@ def main() -> None:
         epochs=args.epochs,
         lora_epochs=args.lora_epochs,
         freeze_layers=args.freeze_layers,
+        freeze_top_kv=args.top_kv_rank >= 0,
+        top_kv_rank=max(0, args.top_kv_rank),
         max_length=args.max_length,
         eval_labels_per_user=args.labels,
         eval_prompts=args.prompts,
@@ -213,6 +221,9 @@ def main() -> None:
         "sizing": {
             "encoder": args.encoder,
             "freeze_layers": args.freeze_layers,
+            "top_kv": "trained"
+            if args.top_kv_rank < 0
+            else f"frozen+cached, rank {args.top_kv_rank}",
             "max_length": args.max_length,
             "epochs": args.epochs,
             "lora_epochs": args.lora_epochs,

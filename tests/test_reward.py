@@ -224,4 +224,4 @@ def test_cli_train_from_simulation_and_errors(tmp_path):
     saved = load_reward_model(tmp_path / "cli" / "reward" / "heads")
     assert saved.strategy == "heads" and len(saved.segments_) == 2
     bad = CliRunner().invoke(app, ["reward", "eval", "--strategies", "heads,nope"])
-    assert isinstance(bad.exception, UserError) and "nope" in str(bad.exception)
+    assert isinstance(bad.exception, UserError) and "unknown ['nope']" in str(bad.exception)

@@ -128,14 +128,15 @@ def evaluate(
     from rlhf_persona.config import load_config
     from rlhf_persona.errors import UserError
     from rlhf_persona.reward.evaluate import compare_strategies, results_tables
-    from rlhf_persona.reward.model import STRATEGIES
+    from rlhf_persona.reward.model import strategy_names
     from rlhf_persona.tracking import start_run
 
     cfg = load_config(config, overrides)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(STRATEGIES))
+    known = strategy_names()
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise UserError(f"--strategies: unknown {unknown} (known: {', '.join(sorted(STRATEGIES))})")
+        raise UserError(f"--strategies: unknown {unknown} (known: {', '.join(known)})")
     _quiet_libraries()
     split = _simulated_data(cfg)
     with start_run(cfg, resume=True) as run:
@@ -145,6 +146,7 @@ def evaluate(
         )  # fmt: skip
         run.summary({"reward_eval": results})
     console = Console()
+    console.width = max(console.width, 130)  # the tables are wide; a pipe defaults to 80
     for table in results_tables(results):
         console.print(table)
     path = cfg.run_dir / "reward" / "eval.json"

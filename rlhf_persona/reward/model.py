@@ -387,3 +387,9 @@ def load_reward_model(directory: str | Path) -> RewardModel:
 
 def _register_builtin() -> None:
     import rlhf_persona.reward.strategies  # noqa: F401  (registers global/prefix/heads/lora)
+
+
+def strategy_names() -> list[str]:
+    """Names of the registered strategies (the built-in four and any registered since)."""
+    _register_builtin()
+    return sorted(STRATEGIES)
