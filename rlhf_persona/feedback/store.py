@@ -522,6 +522,50 @@ class FeedbackStore:
                 )
         return {**self._reply_dict(row), "created": row.created_at == now}
 
+    def put_replies(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``put_reply`` for many rows (e.g. a batch of generated chat replies) in one
+        transaction with a few bulk statements, so the write lock is held briefly. Any refused
+        row (unknown user, conversation of another user) rolls back all rows."""
+        try:
+            data = [ReplyIn(**fields) for fields in rows]
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        hashes = [prompt_hash(d.prompt) for d in data]
+        ids = [reply_id_for(d.prompt, d.reply, h) for d, h in zip(data, hashes, strict=True)]
+        now = utcnow()
+        new = {
+            rid: {"reply_id": rid, "prompt_hash": h, "prompt": d.prompt, "text": d.reply,
+                  "policy": d.policy, "adapter": d.adapter, "segment": d.segment,
+                  "generation": d.generation, "created_at": now}
+            for d, h, rid in zip(data, hashes, ids, strict=True)
+        }  # fmt: skip
+        with self._writer.begin() as conn:
+            user_ids = sorted({d.user_id for d in data if d.user_id})
+            pks = self._user_pks(conn, user_ids)
+            for uid in user_ids:
+                if pks.get(uid, -1) < 0:
+                    self._live_user(conn, uid)  # raises NotFound / Gone naming the user
+            conn.execute(
+                self._insert(replies).on_conflict_do_nothing(index_elements=["reply_id"]),
+                list(new.values()),
+            )
+            stored = {}
+            for chunk in _chunks(list(new)):
+                query = sa.select(replies).where(replies.c.reply_id.in_(chunk))
+                stored.update({row.reply_id: row for row in conn.execute(query)})
+            views = {}
+            for d, rid in zip(data, ids, strict=True):
+                if d.user_id:
+                    pk = pks[d.user_id]
+                    conv = self._conversation_pk(conn, d.conversation_id, pk)
+                    views[(pk, rid)] = {"user_pk": pk, "reply_pk": stored[rid].id,
+                                        "conversation_pk": conv, "created_at": now}  # fmt: skip
+            if views:
+                view_insert = self._insert(reply_views).on_conflict_do_nothing()
+                conn.execute(view_insert, list(views.values()))
+        return [{**self._reply_dict(stored[rid]), "created": stored[rid].created_at == now}
+                for rid in ids]  # fmt: skip
+
     def _conversation_pk(
         self, conn: sa.Connection, conversation_id: str | None, user_pk: int
     ) -> int | None:

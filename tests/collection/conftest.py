@@ -47,6 +47,15 @@ def persona_registry(root: Path) -> Path:
     return root
 
 
+def descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (the service's generation process)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out += [int(child), *descendants(int(child))]
+    return out
+
+
 def warm_up(proc: ServiceProcess, user_id: str = "bob") -> None:
     """Wait for the policy to load (in the background since start): one chat, generous
     timeout, so the tests' own requests measure the service and not the model load."""

@@ -114,3 +114,30 @@ def test_commands_name_bad_input(tmp_path):
     assert isinstance(result.exception, UserError) and "--url" in str(result.exception)
     result = runner.invoke(app, ["serve", "--policy-registry", str(tmp_path), "--db", str(db)])
     assert isinstance(result.exception, UserError) and "--policy-registry" in str(result.exception)
+
+
+def test_put_replies_stores_a_batch_in_one_go_and_refuses_it_whole(tmp_path):
+    from rlhf_persona.feedback.errors import NotFound
+    from rlhf_persona.feedback.store import FeedbackStore
+
+    with FeedbackStore(tmp_path / "f.db") as store:
+        store.upsert_users([{"user_id": "u1"}, {"user_id": "u2"}])
+        rows = [dict(prompt="Q?", reply=text, policy="base", segment=2, user_id=user,
+                     generation={"seed": 1}, conversation_id=f"c-{user}")
+                for text, user in (("A", "u1"), ("B", "u1"), ("A", "u2"))]  # fmt: skip
+        out = store.put_replies(rows)
+        assert [r["reply_id"] for r in out] == [store.put_reply(r)["reply_id"] for r in rows]
+        assert out[0]["reply_id"] == out[2]["reply_id"]  # same prompt + text: one reply
+        assert (out[1]["policy"], out[1]["segment"], out[1]["generation"]) == (
+            "base",
+            2,
+            {"seed": 1},
+        )
+        assert store.was_shown("u2", out[2]["reply_id"]) and not store.was_shown(
+            "u2", out[1]["reply_id"]
+        )
+        before = store.counts()["replies"]
+        with pytest.raises(NotFound, match="ghost"):
+            store.put_replies([dict(prompt="Q2?", reply="C", user_id="u1"),
+                               dict(prompt="Q2?", reply="D", user_id="ghost")])  # fmt: skip
+        assert store.counts()["replies"] == before  # nothing of the refused batch was kept

@@ -12,9 +12,10 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
-from conftest import HASH_KEY, make_db, warm_up
+from conftest import HASH_KEY, descendants, make_db, warm_up
 
 from rlhf_persona.feedback.chat.traffic import TrafficReport, run_traffic_async
 from rlhf_persona.feedback.testing import ServiceProcess
@@ -41,12 +42,14 @@ def test_sigkill_mid_traffic_keeps_every_acknowledged_event_exactly_once(chat_se
         deadline = time.monotonic() + 90
         while len(report.acked) < 4 and traffic.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
+        generation = descendants(chat_service.proc.pid)
         chat_service.stop(signal.SIGKILL)  # no shutdown of any kind: in-flight requests are lost
     finally:
         chat_service.start()  # same port: the clients' retries reach the new process
         traffic.join(timeout=150)
         warm_up(chat_service)
     assert not traffic.is_alive(), "traffic did not finish"
+    assert generation and not [pid for pid in generation if Path(f"/proc/{pid}").exists()]
     transport_errors = sum(n for k, n in report.answers.items() if not k.split()[-1].isdigit())
     assert transport_errors > 0, report.answers  # the kill hit requests in flight
     assert report.retries > 0 and not report.failures, report.to_dict()

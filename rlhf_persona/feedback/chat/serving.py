@@ -13,6 +13,7 @@ call per batch, and returns each reply with what produced it, ready to be stored
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ class ChatPolicy:
 
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
+            if self.settings.switch_interval_ms and not self.settings.separate_process:
+                # Generation holds the GIL between torch ops; the API's threads wait for it
+                # at most this long per hand-over (Python's default is 5 ms).
+                sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
             s = self.settings
             if s.policy_registry is not None:
                 registry = AdapterRegistry.load(s.policy_registry)

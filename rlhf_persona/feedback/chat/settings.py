@@ -35,8 +35,24 @@ class ChatSettings(BaseSettings):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int = Field(0, description="Seed of the first batch (batch n samples with seed + n).")
     device: str = Field("cpu", description="cpu, cuda or auto.")
+    separate_process: bool = Field(
+        True,
+        description="Generate in a child process, so generation never holds the service's "
+        "GIL (feedback stays fast under chat load); False: in a thread of the service.",
+    )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads of generation (None: torch's default)."
+        1,
+        ge=1,
+        description="torch intra-op threads of generation (None: torch's default, one per "
+        "core). One keeps a core for the API and is several times faster for tiny models on a "
+        "busy CPU (threads spin-wait on each other); raise it for larger models on idle cores.",
+    )
+    switch_interval_ms: float | None = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="With separate_process False: Python's thread switch interval once the "
+        "policy is loaded (None: keep 5 ms); shorter lets the API take the GIL back sooner.",
     )
     max_batch: int = Field(32, ge=1, description="Most replies generated in one batch.")
     batch_window_ms: float = Field(

@@ -12,6 +12,7 @@ import random
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -19,6 +20,8 @@ from rlhf_persona.feedback.chat.batcher import MicroBatcher
 from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request
 from rlhf_persona.feedback.chat.settings import ChatSettings
 from rlhf_persona.feedback.chat.tokens import token_key
+from rlhf_persona.feedback.chat.worker import ProcessPolicy
+from rlhf_persona.feedback.errors import StoreError
 from rlhf_persona.feedback.store import FeedbackStore
 
 log = logging.getLogger("rlhf_persona.chat")
@@ -61,9 +64,15 @@ class ChatState:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.policy = ChatPolicy(settings, cache_dir)
+        policy_class = ProcessPolicy if settings.separate_process else ChatPolicy
+        self.policy: ChatPolicy | ProcessPolicy = policy_class(settings, cache_dir)
         self.batcher: MicroBatcher[Request, Generated] = MicroBatcher(
             self.policy.generate, settings.max_batch, settings.batch_window_ms / 1000, "generate"
+        )
+        # Replies are written by one thread, batched: concurrent chats never race each other
+        # for the database's write lock, and take it once per batch.
+        self.recorder: MicroBatcher[dict, Any] = MicroBatcher(
+            self._record, max_batch=64, window_s=0, name="replies"
         )
         self.key = token_key(settings.token_secret, hash_key)
         self.shown = ShownReplies(store)
@@ -73,6 +82,7 @@ class ChatState:
 
     async def start(self) -> None:
         self.batcher.start()
+        self.recorder.start()
         if self.settings.preload:  # in the background: the API answers while the model loads
             self._preload = asyncio.create_task(self._load())
 
@@ -86,6 +96,9 @@ class ChatState:
         if self._preload is not None and not self._preload.done():
             self._preload.cancel()
         await self.batcher.stop()
+        await self.recorder.stop()
+        if isinstance(self.policy, ProcessPolicy):
+            self.policy.close()
 
     async def segment_of(self, user_id: str) -> int | None:
         """The user's current segment (cached ``segment_cache_s``); raises NotFound / Gone for
@@ -99,6 +112,31 @@ class ChatState:
             self._segments.clear()
         self._segments[user_id] = (user["segment"], now + self.settings.segment_cache_s)
         return user["segment"]
+
+    def _record(self, rows: list[dict]) -> list[dict | StoreError]:
+        """Store the replies (and who they were shown to) of every chat queued meanwhile in one
+        transaction: a single short write lock per batch keeps feedback writes fast. If a row
+        is refused, the rows are stored one by one so that the error stays with its row."""
+        try:
+            return list(self.store.put_replies(rows))
+        except StoreError:
+            pass
+        out: list[dict | StoreError] = []
+        for row in rows:
+            try:
+                out.append(self.store.put_reply(row))
+            except StoreError as exc:
+                out.append(exc)
+        return out
+
+    async def record_replies(self, rows: list[dict]) -> list[dict]:
+        """Store the replies shown to a user; raises the first row's error (e.g. 409)."""
+        stored = await self.recorder.submit_many(rows)
+        for item in stored:
+            if isinstance(item, StoreError):
+                raise item
+        self.shown.add(rows[0]["user_id"], [r["reply_id"] for r in stored])
+        return stored
 
     def wants_ab(self, forced: bool | None) -> bool:
         if forced is not None:

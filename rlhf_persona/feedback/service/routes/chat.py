@@ -132,8 +132,7 @@ async def chat(
              conversation_id=body.conversation_id)
         for g in generated
     ]  # fmt: skip
-    stored = await run_in_threadpool(lambda: [state.store.put_reply(row) for row in rows])
-    state.shown.add(user_id, [r["reply_id"] for r in stored])
+    stored = await state.record_replies(rows)
     ab = len(stored) == 2
     return JSON(
         {

@@ -1,0 +1,109 @@
+"""Generation in a child process, so that it never holds the service's GIL.
+
+A tiny policy's ``generate`` is mostly Python (a loop over small torch ops), so a generation
+thread in the service process holds the GIL most of the time; every other thread (the event
+loop, the feedback writer) then waits up to a switch interval each time it needs the GIL back,
+which is after every database call. Measured on a busy 2-core machine with 32 chat users,
+feedback p99 went from ~100 ms at 8 users to 300-600 ms at 32. In a child process the model has
+its own interpreter: the service process only waits on a pipe.
+
+``ProcessPolicy`` has the interface of ``ChatPolicy`` (``load``, ``generate``), which runs in the
+child (one process: batches are generated one at a time, as before). The child exits when the
+service dies, even by SIGKILL (it watches its parent), and a crashed child is replaced on the
+next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request, check_registry
+from rlhf_persona.feedback.chat.settings import ChatSettings
+
+log = logging.getLogger("rlhf_persona.chat")
+_POLICY: ChatPolicy | None = None  # the child's policy
+
+
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:  # re-parented: the service is gone
+            os._exit(0)
+        time.sleep(0.5)
+
+
+def _init_child(settings: dict[str, Any], cache_dir: str | None, parent: int) -> None:
+    global _POLICY
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    _POLICY = ChatPolicy(ChatSettings(**settings), Path(cache_dir) if cache_dir else None)
+
+
+def _child_load() -> float:
+    assert _POLICY is not None
+    return _POLICY.load().load_s or 0.0
+
+
+def _child_generate(requests: list[Request]) -> list[Generated]:
+    assert _POLICY is not None
+    return _POLICY.generate(requests)
+
+
+class ProcessPolicy:
+    """``ChatPolicy`` run in one child process; ``load`` and ``generate`` block the calling
+    thread (the micro-batcher's worker) until the child answers."""
+
+    def __init__(self, settings: ChatSettings, cache_dir: Path | None = None) -> None:
+        check_registry(settings.policy_registry)
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.load_s: float | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                args = (self.settings.model_dump(), self.cache_dir and str(self.cache_dir),
+                        os.getpid())  # fmt: skip
+                self._pool = ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_child, initargs=args,
+                )  # fmt: skip
+            return self._pool
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        pool = self._executor()
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:  # the child died (e.g. out of memory): a new one next time
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise RuntimeError("the generation process died; it restarts on the next request")
+
+    def load(self) -> ProcessPolicy:
+        self.load_s = self._call(_child_load)
+        log.info("chat policy loaded in the generation process in %.1fs", self.load_s)
+        return self
+
+    def generate(self, requests: list[Request]) -> list[Generated]:
+        return self._call(_child_generate, requests)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def child_pids(self) -> list[int]:
+        pool = self._pool
+        return list(getattr(pool, "_processes", None) or {}) if pool else []
