@@ -92,7 +92,7 @@ def bare_trl_step(rm, dataset, steps: int, seed: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--population", default="four_segments")
-    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--users", type=int, default=400, help="four_segments' default population")
     p.add_argument("--labels", type=int, default=30, help="A/B labels per training user")
     p.add_argument("--strategies", default="global,prefix,heads,lora")
     p.add_argument("--encoder", default="embedded:minilm")
@@ -154,7 +154,7 @@ def main() -> None:
         metrics["stats"] = {k: v for k, v in rm.stats_.items() if k != "phases"}
         results["strategies"][name] = metrics
         models[name] = rm
-        times = [t for ph in rm.stats_["phases"] for t in ph.get("step_times", [])]
+        times = rm.step_times_
         seen = metrics["seen"]
         out[name] = {
             "per_segment_acc": {s: r["acc"] for s, r in seen["per_segment"].items()},
@@ -189,11 +189,15 @@ def main() -> None:
     accept = None
     if best is not None:
         ratios = {s: out[best]["per_segment_acc"][s] / ceiling[s] for s in ceiling}
-        accept = {
+        worst = out[best]["worst_segment"]
+        accept = {  # the issue's test: the worst segment's accuracy vs that segment's ceiling
             "best_conditioned": best,
+            "worst_segment": worst,
+            "worst_segment_ratio": ratios[worst],
+            "passes_0.95": ratios[worst] >= 0.95,
             "ratio_to_ceiling": ratios,
-            "worst_ratio": min(ratios.values()),
-            "passes_0.95": min(ratios.values()) >= 0.95,
+            "min_ratio_any_segment": min(ratios.values()),
+            "global_worst_acc": out["global"]["worst_acc"],
         }
     report = {
         "strategies": out,

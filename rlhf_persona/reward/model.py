@@ -105,6 +105,7 @@ class RewardModel:
         self._load_backbone()
         self._extend()
         phases = self._train(pairs, run)
+        self.step_times_ = [t for p in phases for t in p["step_times"]]
         self.stats_ = self._summary(pairs, phases, time.perf_counter() - start)
         if run is not None:
             run.log({k: v for k, v in self.stats_.items() if k != "phases"}, stage="reward")
@@ -335,6 +336,7 @@ class RewardModel:
         obj.format_ = InputFormat(**meta["input_format"])
         obj.stats_ = meta.get("stats", {})
         obj.decisions_ = list(obj.stats_.get("decisions", []))
+        obj.step_times_ = []
         obj._load_backbone(folder / "backbone")
         obj._extend()
         obj._finish_structure()

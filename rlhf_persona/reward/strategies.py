@@ -58,7 +58,7 @@ class PrefixReward(RewardModel):
         if train and self.cfg.prefix_dropout > 0:
             rng = np.random.default_rng([self.seed, 7])
             index = np.where(rng.random(len(index)) < self.cfg.prefix_dropout, -1, index)
-        limit = max(16, self.cfg.max_length // 2)
+        limit = max(16, self.cfg.max_length * 3 // 8)  # 48 of 128: the persona's last clauses
         suffix = {
             i: self.format_.encode_persona(self.tokenizer_, self.personas_[s], limit)
             for i, s in enumerate(self.segments_)

@@ -82,14 +82,19 @@ class InputFormat:
 
     def encode_persona(self, tokenizer, text: str, max_length: int = 64) -> list[int]:
         """Ids of a persona text, to append to a row's ids: a sequence of its own for encoders
-        (``[CLS] persona [SEP]``), a final line ending in EOS for decoders."""
-        if self.text_pair:
-            return list(
-                tokenizer(self.normalize(text), truncation=True, max_length=max_length)["input_ids"]
-            )
-        eos = tokenizer.eos_token_id
-        ids = tokenizer(
-            "\n" + self.normalize(text), add_special_tokens=False, truncation=True,
-            max_length=max_length - 1,
-        )["input_ids"]  # fmt: skip
-        return list(ids) + ([eos] if eos is not None else [])
+        (``[CLS] persona [SEP]``), a final line ending in EOS for decoders. A long persona keeps
+        its end (a segment card ends with the traits its users reward)."""
+        side = tokenizer.truncation_side
+        tokenizer.truncation_side = "left"
+        try:
+            if self.text_pair:
+                enc = tokenizer(self.normalize(text), truncation=True, max_length=max_length)
+                return list(enc["input_ids"])
+            eos = tokenizer.eos_token_id
+            ids = tokenizer(
+                "\n" + self.normalize(text), add_special_tokens=False, truncation=True,
+                max_length=max_length - 1,
+            )["input_ids"]  # fmt: skip
+            return list(ids) + ([eos] if eos is not None else [])
+        finally:
+            tokenizer.truncation_side = side
