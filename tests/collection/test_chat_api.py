@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import HASH_KEY
+from collection_helpers import HASH_KEY
 
 from rlhf_persona.feedback.chat.tokens import mint_token, token_key
 from rlhf_persona.feedback.store import FeedbackStore

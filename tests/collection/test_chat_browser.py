@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import HASH_KEY
+from collection_helpers import HASH_KEY
 
 from rlhf_persona.feedback.store import FeedbackStore
 

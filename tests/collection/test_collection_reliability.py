@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from conftest import HASH_KEY, descendants, make_db, warm_up
+from collection_helpers import HASH_KEY, descendants, make_db, warm_up
 
 from rlhf_persona.feedback.chat.traffic import TrafficReport, run_traffic_async
 from rlhf_persona.feedback.testing import ServiceProcess
