@@ -59,6 +59,12 @@ class ModelsConfig(Section):
         "auto", description="auto uses CUDA when available, else the CPU."
     )
     bf16: bool = Field(False, description="bf16 training/inference (GPU only; slow on CPU).")
+    torch_threads: int | None = Field(
+        1,
+        ge=1,
+        description="CPU threads torch may use (None: torch's default). Tiny models gain nothing "
+        "from more, and extra threads spin when the machine is busy.",
+    )
 
 
 class PopulationConfig(Section):

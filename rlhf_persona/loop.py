@@ -63,6 +63,10 @@ class Loop:
         from rlhf_persona.simulation import FeedbackSimulator, load_population
 
         self.cfg = cfg
+        if cfg.models.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.models.torch_threads)
         self.dir = cfg.run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         population = load_population(cfg.population.name)
