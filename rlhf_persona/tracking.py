@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +82,24 @@ class Run:
 
         run_id_file = self.dir / ".wandb_run_id"
         run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
-        run = wandb.init(
+        kwargs = dict(
             project=project,
             entity=entity,
             name=name or self.dir.name,
             dir=str(self.dir),
             mode=self.wandb_mode,
             config=config.model_dump(mode="json") if config is not None else None,
-            id=run_id,
-            resume="allow" if run_id else None,
             reinit="finish_previous",
         )
+        try:
+            run = wandb.init(id=run_id, resume="allow" if run_id else None, **kwargs)
+        except Exception as exc:  # e.g. "run ID is in use" by a killed process's W&B service
+            if run_id is None:
+                raise
+            warnings.warn(
+                f"W&B run {run_id} cannot be resumed ({exc}); starting a new one", stacklevel=2
+            )
+            run = wandb.init(**kwargs)
         run_id_file.write_text(run.id)
         return run
 

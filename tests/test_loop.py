@@ -57,7 +57,9 @@ def interrupted_then_resumed(tmp_path_factory, tiny_test_path):
     config = _config(tmp)
     run_dir = tmp / "runs" / "tiny"
     log = (tmp / "first.log").open("w")
-    proc = subprocess.Popen(_loop_cmd(config), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _loop_cmd(config), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while not (run_dir / "round_0" / "round.json").exists():
         assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
@@ -65,7 +67,7 @@ def interrupted_then_resumed(tmp_path_factory, tiny_test_path):
         time.sleep(0.5)
     round0_stamp = (run_dir / "round_0" / "round.json").stat().st_mtime_ns
     time.sleep(3)  # let round 1 start collecting
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, W&B's service process included
     proc.wait()
     assert not (run_dir / "round_1" / "round.json").exists()
     second = subprocess.run(
