@@ -98,7 +98,7 @@ def test_tokens_act_only_as_their_user_and_only_on_replies_shown_to_them(api, ch
         stolen = fb(bob_h, event_id="tok-4", kind="rating", reply_id=a, value=5)
         assert (stolen.status_code, stolen.json()["field"]) == (403, "reply_id")
         other = fb(ann_h, event_id="tok-5", kind="thumbs", reply_id=a, value=1, user_id="bob")
-        assert other.status_code == 403
+        assert (other.status_code, other.json()["field"]) == (403, "user_id")
         half = fb(bob_h, event_id="tok-6", kind="pairwise", reply_id=a, other_reply_id=b, value=1)
         assert half.status_code == 403
         assert fb(ann_h, event_id="tok-7", kind="rating", reply_id=a).status_code == 422

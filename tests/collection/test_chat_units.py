@@ -141,3 +141,26 @@ def test_put_replies_stores_a_batch_in_one_go_and_refuses_it_whole(tmp_path):
             store.put_replies([dict(prompt="Q2?", reply="C", user_id="u1"),
                                dict(prompt="Q2?", reply="D", user_id="ghost")])  # fmt: skip
         assert store.counts()["replies"] == before  # nothing of the refused batch was kept
+
+
+def test_chat_answers_503_when_the_policy_cannot_load_and_feedback_still_works(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from rlhf_persona.feedback.chat.settings import ChatSettings
+    from rlhf_persona.feedback.service import ServiceSettings, create_app
+    from rlhf_persona.feedback.store import FeedbackStore
+
+    with FeedbackStore(tmp_path / "f.db") as store:
+        key = store.create_api_key("collector")
+        store.upsert_user("ann")
+    app = create_app(ServiceSettings(database_url=str(tmp_path / "f.db")))
+    app.state.chat_settings = ChatSettings(  # in-process generation, a policy that is not there
+        policy=str(tmp_path / "no-such-model"), separate_process=False
+    )
+    with TestClient(app, headers={"X-API-Key": key}) as client:
+        resp = client.post("/v1/chat", json={"user_id": "ann", "message": "hi"})
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "5"
+        assert "not available" in resp.json()["detail"] and "no-such-model" in resp.text
+        event = {"event_id": "e1", "user_id": "ann", "kind": "rating", "value": 4,
+                 "prompt": "Q?", "reply": "A."}  # fmt: skip
+        assert client.post("/v1/feedback", json=event).status_code == 201

@@ -80,18 +80,28 @@ def _chat(request: Request) -> ChatState:
     return request.app.state.chat
 
 
+class Forbidden(StoreError):
+    """Answered 403 with the field it is about."""
+
+    status_code = 403
+
+
+_BEARER = {"WWW-Authenticate": "Bearer"}
+
+
 def _token_user(request: Request, creds: HTTPAuthorizationCredentials | None) -> Any:
     if creds is None or creds.scheme.lower() != "bearer":
-        raise HTTPException(401, "missing chat token: send Authorization: Bearer <token>")
+        message = "missing chat token: send Authorization: Bearer <token>"
+        raise HTTPException(401, message, headers=_BEARER)
     try:
         return verify_token(_chat(request).key, creds.credentials)
     except TokenError as exc:
-        raise HTTPException(401, str(exc)) from None
+        raise HTTPException(401, str(exc), headers=_BEARER) from None
 
 
 def _same_user(token_user: str, body_user: str | None) -> None:
     if body_user is not None and body_user != token_user:
-        raise HTTPException(403, "user_id: the chat token is for another user")
+        raise Forbidden("the chat token is for another user", "user_id")
 
 
 def _iso(unix: int) -> str:
@@ -125,7 +135,8 @@ async def chat(
         generated = await state.replies(segment, body.message, ab)
     except Exception as exc:  # the model failed to load or to generate
         log.warning("chat generation failed: %s", exc)
-        raise HTTPException(503, f"the chat policy is not available: {exc}") from None
+        message = f"the chat policy is not available: {exc}"
+        raise HTTPException(503, message, headers={"Retry-After": "5"}) from None
     rows = [
         dict(prompt=body.message, reply=g.text, policy=g.policy, adapter=g.adapter,
              segment=g.segment, generation=g.generation, user_id=user_id,
@@ -196,7 +207,7 @@ async def chat_feedback(body: ChatFeedbackIn, request: Request, creds: Credentia
     for field in ("reply_id", "other_reply_id"):
         rid = getattr(body, field)
         if rid is not None and not await state.shown.was_shown(user_id, rid):
-            return JSON(error_body("this reply was not shown to you", field), 403)
+            raise Forbidden("this reply was not shown to you", field)
     try:
         event = FeedbackEventIn(**body.model_dump(exclude={"user_id"}), user_id=user_id)
     except ValidationError as exc:  # cross-field rules (e.g. a rating without a value)
