@@ -23,6 +23,12 @@ POLICIES = ("base", "global", "personalized")
 PLOTS = ("satisfaction", "reward_accuracy", "segment_sizes", "kl")
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _eval_records(run_dir: Path) -> list[dict]:
     records = [m for m in read_metrics(run_dir) if m.get("stage") == "eval"]
     latest: dict[int, dict] = {}
@@ -40,14 +46,13 @@ def _plot_satisfaction(records: list[dict], path: Path) -> None:
             ys = [r["segments"].get(seg, {}).get(policy, {}).get("thumbs_up") for r in records]
             ax.plot(rounds, ys, marker="o", label=policy)
         ax.set_title(f"segment {seg}")
+        ax.set_xticks(rounds)
         ax.set_xlabel("round")
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("true thumbs-up rate")
     axes[0][-1].legend(loc="lower right")
     fig.suptitle("Satisfaction per segment")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_reward_accuracy(records: list[dict], path: Path) -> None:
@@ -65,9 +70,7 @@ def _plot_reward_accuracy(records: list[dict], path: Path) -> None:
     ax.set_ylim(0.4, 1)
     ax.legend()
     ax.set_title("Reward model vs ceiling (last round)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_segment_sizes(records: list[dict], path: Path) -> None:
@@ -83,9 +86,7 @@ def _plot_segment_sizes(records: list[dict], path: Path) -> None:
     ax.set_ylabel("users")
     ax.legend()
     ax.set_title("Segment sizes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_kl(records: list[dict], path: Path) -> None:
