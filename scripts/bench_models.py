@@ -31,6 +31,7 @@ PROMPTS = [
     "What should I know about watering?",
     "Give me advice on music.",
 ]
+INTERESTS = ["cooking", "finance", "gardening", "music"]  # the topics of PROMPTS
 
 
 def _text_features(prompts: list[str], replies: list[str]) -> tuple[list[str], list[list[float]]]:
@@ -77,7 +78,10 @@ def reply_feature_matrix(prompts, replies):
     try:  # the simulator's own features, once they exist, are what the later stages reward
         from rlhf_persona.simulation.features import FEATURE_NAMES, reply_features
 
-        return list(FEATURE_NAMES), reply_features(prompts, replies).tolist(), "simulation"
+        # interest_match needs a user's interests: a user interested in the prompts' topics.
+        interests = [INTERESTS] * len(replies)
+        rows = reply_features(prompts, replies, interests).tolist()
+        return list(FEATURE_NAMES), rows, "simulation"
     except ImportError:
         names, rows = _text_features(prompts, replies)
         return names, rows, "text"
