@@ -14,6 +14,10 @@ Sizing for a 2-core CPU (what this script chooses by default, all flags):
 * ``--max-length`` 128 tokens (corpus replies fit), batch 32 pairs, ``--epochs`` passes;
 * one torch thread (``--threads``): on a machine loaded by other jobs, more threads contend.
 
+Framework overhead: the global model is trained for ``--trl-steps`` steps through a bare TRL
+RewardTrainer (its own collator and optimizer) and through this library's pipeline, alternately,
+on the same rows, backbone and warm cache; ``overhead_ratio`` is the ratio of their medians.
+
 The final line is JSON with ``strategies`` (name → per_segment_acc, worst_acc, train_s, step_s,
 peak_rss_mb, ...), ``ceiling`` (per_segment, worst), ``trl_step_s`` and ``overhead_ratio``.
 """
@@ -63,30 +67,49 @@ def late_median(times: list[float]) -> float:
     return float(np.median(tail))
 
 
-def bare_trl_step(rm, dataset, steps: int, seed: int) -> float:
-    """Step time of a plain RewardTrainer (TRL's collator, optimizer, no callbacks of ours but a
-    timer) on the same pre-tokenized rows and the same prepared backbone as ``rm``."""
+def bare_trl_times(rm, rows, steps: int, seed: int) -> list[float]:
+    """Step times of a plain RewardTrainer (TRL's collator and optimizer, no callback of ours but
+    a timer) on the same pre-tokenized rows and the same prepared backbone as ``rm``."""
     import torch
     from trl import RewardTrainer
 
     from rlhf_persona.reward.backbone import load_backbone, prepare_backbone
-    from rlhf_persona.reward.data import pairs_from
     from rlhf_persona.reward.training import StepTimer, trainer_args
 
-    pairs = pairs_from(dataset)
-    rows = rm._rows(pairs, rm._index_array(pairs.segment))
     torch.manual_seed(seed)
     model, tok = load_backbone(rm.encoder_spec)
     c = rm.cfg
     prepare_backbone(
         model, c.freeze_layers, c.cache_frozen, tok.cls_token_id, c.freeze_top_kv, c.top_kv_rank
     )
-    cfg = rm.cfg.model_copy(update={"max_steps": steps, "head_learning_rate": rm.cfg.learning_rate})
+    cfg = c.model_copy(update={"max_steps": steps, "head_learning_rate": c.learning_rate})
     args = trainer_args(cfg, n_rows=len(rows), epochs=1, seed=seed, remove_unused=False)
     timer = StepTimer()
     RewardTrainer(model=model, args=args, train_dataset=rows, processing_class=tok,
                   callbacks=[timer]).train()  # fmt: skip
-    return late_median(timer.times)
+    return timer.times[2:]
+
+
+def overhead(rm, dataset, steps: int, seed: int, rounds: int = 4) -> tuple[float, float]:
+    """(bare TRL step s, our pipeline's step s) on the same rows, model and warm frozen cache,
+    alternated (AB, BA, AB, ...) so that load from other jobs hits both alike."""
+    import numpy as np
+
+    from rlhf_persona.reward import build_reward_model
+    from rlhf_persona.reward.data import pairs_from
+
+    pairs = pairs_from(dataset)
+    rows = rm._rows(pairs, rm._index_array(pairs.segment))
+    cfg = rm.cfg.model_copy(update={"max_steps": steps})
+    bare, ours = [], []
+    for r in range(rounds):
+        for which in ("bare", "ours") if r % 2 == 0 else ("ours", "bare"):
+            if which == "bare":
+                bare += bare_trl_times(rm, rows, steps, seed)
+            else:
+                fitted = build_reward_model(cfg, rm.encoder_spec, seed=seed).fit(dataset)
+                ours += fitted.step_times_[2:]
+    return float(np.median(bare)), float(np.median(ours))
 
 
 def main() -> None:
@@ -103,7 +126,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--prompts", type=int, default=120, help="training prompt pool (test: 1/3)")
     p.add_argument("--replies", type=int, default=5, help="corpus replies per prompt")
-    p.add_argument("--trl-steps", type=int, default=30)
+    p.add_argument("--trl-steps", type=int, default=20, help="steps per overhead run (×4 each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -144,7 +167,7 @@ def main() -> None:
     data_s = time.perf_counter() - start
     names = [s.strip() for s in args.strategies.split(",")]
     results: dict = {"strategies": {}}
-    models, out, trl_step = {}, {}, None
+    models, out, trl_step, ours_step = {}, {}, None, None
     for name in ["global"] + [n for n in names if n != "global"]:
         with PeakRSS() as rss:
             rm = fit_strategy(
@@ -173,7 +196,9 @@ def main() -> None:
             "peak_rss_mb": rss.peak,
         }
         if name == "global":
-            trl_step = bare_trl_step(rm, split.preference_dataset(), args.trl_steps, args.seed)
+            trl_step, ours_step = overhead(
+                rm, split.preference_dataset(), args.trl_steps, args.seed
+            )
     best = best_conditioned(results)
     if best is not None:
         results["few_shot"] = {
@@ -208,7 +233,8 @@ def main() -> None:
         },
         "pooled_ceiling": {s: r["pooled"] for s, r in first.items()},
         "trl_step_s": trl_step,
-        "overhead_ratio": out["global"]["step_s"] / trl_step if trl_step else None,
+        "ours_step_s_same_conditions": ours_step,  # global through our pipeline, A/B with TRL
+        "overhead_ratio": ours_step / trl_step if trl_step else None,
         "acceptance": accept,
         "few_shot": results.get("few_shot"),
         "data": {

@@ -163,9 +163,9 @@ class RewardModel:
         """Default: one RewardTrainer phase on every pair."""
         index = self._index_array(pairs.segment)
         rows = self._rows(pairs, index)
-        return [self._phase(self.model_, rows, run, "all", self.cfg.epochs, index)]
+        return [self._phase(self.model_, rows, run, "all", self.cfg.epochs)]
 
-    def _phase(self, model, rows, run, name, epochs, index=None) -> dict:
+    def _phase(self, model, rows, run, name: str, epochs: float) -> dict:
         return train_phase(
             model, self.tokenizer_, rows, self.cfg, epochs=epochs, seed=self.seed, run=run,
             phase=f"{self.strategy}/{name}", collator=self._collator(),
