@@ -321,9 +321,7 @@ class LoopConfig(Section):
     eval_users_per_segment: int = Field(
         20, ge=1, description="Held-out users per true segment in the evaluation."
     )
-    eval_prompts_per_user: int = Field(
-        2, ge=1, description="Held-out prompts per evaluated user."
-    )
+    eval_prompts_per_user: int = Field(2, ge=1, description="Held-out prompts per evaluated user.")
     embed_features: bool = Field(
         True, description="Simulator measures topical relevance with MiniLM embeddings."
     )
