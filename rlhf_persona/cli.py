@@ -28,9 +28,7 @@ config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=Tru
 app.add_typer(config_app, name="config")
 
 ConfigPath = typer.Argument(None, help="Experiment config YAML (configs/*.yaml).")
-SetOption = typer.Option(
-    None, "--set", help="Override a config value: KEY.SUB=VALUE (repeatable)."
-)
+SetOption = typer.Option(None, "--set", help="Override a config value: KEY.SUB=VALUE (repeatable).")
 
 
 @config_app.command("show")
