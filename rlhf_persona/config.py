@@ -171,13 +171,13 @@ class RewardConfig(Section):
         "each text goes through the frozen layers once per process, shared by all strategies.",
     )
     freeze_top_kv: bool = Field(
-        False,
+        True,
         description="With one trainable layer left (BERT-style, cached): freeze its keys/values "
         "too and cache them; steps get several times cheaper, the [CLS] query, attention "
         "output and feed-forward still train.",
     )
     top_kv_rank: int = Field(
-        0,
+        16,
         ge=0,
         description="With freeze_top_kv: rank of a trainable correction of the cached keys/values "
         "(0: none); a little of their trainability back at a fraction of the cost.",
