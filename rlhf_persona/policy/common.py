@@ -186,3 +186,33 @@ def check_online_batch(cfg: PolicyConfig) -> None:
             f"policy.batch_size ({cfg.batch_size}) must be a multiple of policy.num_generations "
             f"({cfg.num_generations}) for {cfg.algorithm}: each step trains on whole groups"
         )
+
+
+def online_format_row(row: dict, tokenizer) -> dict:
+    """GRPO/RLOO row: the chat prompt; segment_id (and user_id, for per-user reward terms) reach
+    the reward function as kwargs."""
+    out = {"prompt": chat_prompt(tokenizer, row["prompt"], row.get("system"))}
+    out.update({k: row[k] for k in ("segment_id", "user_id") if k in row})
+    return out
+
+
+def train_online(config_cls, trainer_cls, model, tokenizer, dataset, cfg, output_dir, *,
+                 device, bf16, seed, reward_fn):  # fmt: skip
+    """One online run (GRPO and RLOO share every argument; only TRL's classes differ)."""
+    args = config_cls(
+        **trainer_args(cfg, output_dir, device, bf16, seed),
+        beta=cfg.beta,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        num_iterations=cfg.num_iterations,
+    )
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=trl_reward_func(reward_fn),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg, model),
+    )
+    return run_trainer(trainer)

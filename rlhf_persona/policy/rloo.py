@@ -14,22 +14,10 @@ from pathlib import Path
 from trl import RLOOConfig, RLOOTrainer
 
 from rlhf_persona.config import PolicyConfig
-from rlhf_persona.policy.common import (
-    chat_prompt,
-    lora_config,
-    run_trainer,
-    trainer_args,
-    trl_reward_func,
-)
+from rlhf_persona.policy.common import online_format_row, train_online
 
 COLUMNS = ("prompt",)
-
-
-def format_row(row: dict, tokenizer) -> dict:
-    # segment_id (and user_id, for per-user reward terms) reach the reward function as kwargs.
-    out = {"prompt": chat_prompt(tokenizer, row["prompt"], row.get("system"))}
-    out.update({k: row[k] for k in ("segment_id", "user_id") if k in row})
-    return out
+format_row = online_format_row
 
 
 def train(
@@ -45,20 +33,7 @@ def train(
     reward_fn,
     **_,
 ) -> RLOOTrainer:
-    args = RLOOConfig(
-        **trainer_args(cfg, output_dir, device, bf16, seed),
-        beta=cfg.beta,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        num_iterations=cfg.num_iterations,
-    )
-    trainer = RLOOTrainer(
-        model=model,
-        reward_funcs=trl_reward_func(reward_fn),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg, model),
-    )
-    return run_trainer(trainer)
+    return train_online(
+        RLOOConfig, RLOOTrainer, model, tokenizer, dataset, cfg, output_dir,
+        device=device, bf16=bf16, seed=seed, reward_fn=reward_fn,
+    )  # fmt: skip
