@@ -123,6 +123,11 @@ class RewardConfig(Section):
     strategy: Literal["global", "prefix", "heads", "lora"] = Field(
         "heads", description="How the reward model conditions on the segment."
     )
+    pairs_across_prompts: bool = Field(
+        True,
+        description="Train on each user's liked vs disliked replies to different prompts too "
+        "(thumbs and ratings rarely share a prompt; same user, so the same threshold).",
+    )
     user_level: bool = Field(False, description="Add shrunk per-user residuals on top.")
     user_shrinkage: float = Field(
         5.0,

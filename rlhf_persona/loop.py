@@ -182,7 +182,8 @@ class Loop:
         from rlhf_persona.feedback.export import export_preference
         from rlhf_persona.reward import build_reward_model
 
-        data, report = export_preference(self.store, assignments)
+        across = self.cfg.reward.pairs_across_prompts
+        data, report = export_preference(self.store, assignments, across_prompts=across)
         run.log({"export": report}, stage="reward")
         rm = build_reward_model(self.cfg.reward, self.cfg.models.encoder, cards)
         rm.fit(data, run=run)

@@ -59,6 +59,16 @@ def serve(
     preload_policy: bool = typer.Option(
         False, help="Chat: load the policy at start (else on the first chat request)."
     ),
+    best_of_n: int | None = typer.Option(
+        None,
+        help="Chat: send the best of N sampled replies per request as ranked by "
+        "--best-of-n-reward (default 1 = off; cost ≈ N × one generation).",
+    ),
+    best_of_n_reward: Path | None = typer.Option(
+        None,
+        help="Chat: saved reward model folder ranking the best-of-n candidates (a user-level "
+        "reward scores per user; or a segment RewardModel / FeatureReward).",
+    ),
 ) -> None:
     """Run the feedback HTTP API under uvicorn (OpenAPI docs at /docs, chat page at /chat)."""
     import os
@@ -68,7 +78,9 @@ def serve(
     from rlhf_persona.feedback.chat.commands import chat_env
 
     url = _url(db, config)
-    os.environ.update(chat_env(policy, policy_registry, ab_share, preload_policy))
+    os.environ.update(
+        chat_env(policy, policy_registry, ab_share, preload_policy, best_of_n, best_of_n_reward)
+    )
     _open(url).close()  # migrate once, before the workers start
     os.environ["RLHF_PERSONA_DATABASE_URL"] = url  # read by every worker's app factory
     uvicorn.run(
@@ -89,6 +101,11 @@ def export_cmd(
     db: str | None = DbOption,
     config: Path | None = ConfigOption,
     conversational: bool = typer.Option(False, help="Chat-message columns instead of text."),
+    across_prompts: bool = typer.Option(
+        False,
+        help="preference: also pair each user's liked and disliked replies to different prompts "
+        "(adds a rejected_prompt column; for reward models, not DPO).",
+    ),
     jsonl: bool = typer.Option(False, help="Also write OUT/data.jsonl."),
 ) -> None:
     """Export feedback as a Hugging Face dataset in TRL's format; print what was used and
@@ -99,7 +116,10 @@ def export_cmd(
         raise UserError(f"--out {out}: folder exists and is not empty")
     store = _open(db, config)
     try:
-        dataset, report = export(store, fmt, conversational=conversational)
+        extra = {"across_prompts": True} if across_prompts else {}
+        if across_prompts and fmt != "preference":
+            raise UserError("--across-prompts applies to --format preference only")
+        dataset, report = export(store, fmt, conversational=conversational, **extra)
     finally:
         store.close()
     dataset.save_to_disk(str(out))

@@ -3,7 +3,11 @@
 - ``export_preference`` -> prompt, chosen, rejected, margin, user_id, segment_id (DPO, reward
   models). Pairs come from pairwise choices (margin 1), from two ratings of the same user on
   replies to the same prompt (margin = the rating gap; equal ratings give no pair) and from the
-  same user's thumbs up and thumbs down on replies to the same prompt (margin 1).
+  same user's thumbs up and thumbs down on replies to the same prompt (margin 1). With
+  ``across_prompts=True`` (reward-model training, not DPO) also from one user's liked reply
+  (thumbs up, rating ≥ 4) against their disliked reply (thumbs down, rating ≤ 2) to *another*
+  prompt, with an extra ``rejected_prompt`` column: most thumbs have no partner on their own
+  prompt, and the same user's two judgements share that user's threshold, so they compare.
 - ``export_kto`` -> prompt, completion, label (bool), user_id, segment_id (KTO), from thumbs.
 - ``export_ratings`` -> prompt, completion, rating (1..5), user_id, segment_id.
 
@@ -18,6 +22,7 @@ Pass ``conversational=True`` for TRL's conversational format (lists of chat mess
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from itertools import combinations
@@ -33,6 +38,7 @@ NO_SEGMENT = -1
 RATINGS_COLUMNS = ("prompt", "completion", "rating", "user_id", "segment_id")
 KTO_COLUMNS = ("prompt", "completion", "label", "user_id", "segment_id")
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "margin", "user_id", "segment_id")
+MAX_CROSS_PAIRS_PER_USER = 64  # a sample of each user's liked x disliked pairs beyond this
 
 
 def _segments_of(store: FeedbackStore, segments: Mapping[str, int] | None) -> Mapping[str, int]:
@@ -74,20 +80,22 @@ def export_preference(
     segments: Mapping[str, int] | None = None,
     *,
     conversational: bool = False,
+    across_prompts: bool = False,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Preference pairs (see the module docstring) and a report of what was used and dropped."""
     seg = _segments_of(store, segments)
     dropped: Counter = Counter()
     rows = _usable(store.feedback_rows(["pairwise", "rating", "thumbs"]), dropped)
-    # (user, prompt, chosen, rejected) -> (margin, source); first source wins on duplicates.
-    pairs: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+    # (user, prompt, chosen, rejected) -> (margin, source, rejected's prompt); first source wins.
+    pairs: dict[tuple[str, str, str, str], tuple[float, str, str]] = {}
 
-    def add(user: str, prompt: str, chosen: str, rejected: str, margin: float, source: str):
+    def add(user: str, prompt: str, chosen: str, rejected: str, margin: float, source: str,
+            rejected_prompt: str | None = None):  # fmt: skip
         key = (user, prompt, chosen, rejected)
         if key in pairs:
             dropped["duplicate_pair"] += 1
         else:
-            pairs[key] = (margin, source)
+            pairs[key] = (margin, source, prompt if rejected_prompt is None else rejected_prompt)
 
     by_group: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     for row in rows:
@@ -103,10 +111,13 @@ def export_preference(
             _rating_pairs(group, user, add, dropped)
         else:
             _thumb_pairs(group, user, add, dropped)
+    if across_prompts:
+        _cross_prompt_pairs(rows, add)
 
     used: Counter = Counter()
-    columns: dict[str, list] = {k: [] for k in PREFERENCE_COLUMNS}
-    for (user, prompt, chosen, rejected), (margin, source) in pairs.items():
+    names = PREFERENCE_COLUMNS + (("rejected_prompt",) if across_prompts else ())
+    columns: dict[str, list] = {k: [] for k in names}
+    for (user, prompt, chosen, rejected), (margin, source, rejected_prompt) in pairs.items():
         if (user, prompt, rejected, chosen) in pairs:
             dropped["contradictory_pair"] += 1
             continue
@@ -117,8 +128,13 @@ def export_preference(
         columns["margin"].append(margin)
         columns["user_id"].append(user)
         columns["segment_id"].append(int(seg.get(user, NO_SEGMENT)))
+        if across_prompts:
+            rp = rejected_prompt
+            columns["rejected_prompt"].append(_as_chat("user", rp) if conversational else rp)
     features = {"prompt": "text", "chosen": "text", "rejected": "text", "margin": "float32",
                 "user_id": "string", "segment_id": "int32"}  # fmt: skip
+    if across_prompts:
+        features["rejected_prompt"] = "text"
     dataset = _dataset(columns, features, conversational)
     return dataset, _report("preference", len(dataset), used, dropped)
 
@@ -149,6 +165,25 @@ def _thumb_pairs(group: list[Any], user: str, add, dropped: Counter) -> None:
     for up in ups:
         for down in downs:
             add(user, up.prompt, up.reply, down.reply, 1.0, "thumbs_up_vs_down")
+
+
+def _cross_prompt_pairs(rows: list[Any], add) -> None:
+    """Each user's liked replies against their disliked replies to other prompts (margin 1);
+    beyond ``MAX_CROSS_PAIRS_PER_USER`` a seeded sample, so heavy raters do not dominate."""
+    liked: dict[str, list[Any]] = defaultdict(list)
+    disliked: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        if row.kind == "thumbs" and row.value != 0:
+            (liked if row.value > 0 else disliked)[row.user_id].append(row)
+        elif row.kind == "rating" and row.value != 3:
+            (liked if row.value >= 4 else disliked)[row.user_id].append(row)
+    for user in sorted(liked.keys() & disliked.keys()):
+        ups, downs = liked[user], disliked[user]
+        both = [(u, d) for u in ups for d in downs if u.prompt_hash != d.prompt_hash]
+        if len(both) > MAX_CROSS_PAIRS_PER_USER:
+            both = random.Random(user).sample(both, MAX_CROSS_PAIRS_PER_USER)
+        for up, down in both:
+            add(user, up.prompt, up.reply, down.reply, 1.0, "across_prompts", down.prompt)
 
 
 def export_kto(

@@ -39,7 +39,7 @@ def _store_data(cfg, db: str | None, segmenter: Path | None):
     store = (
         FeedbackStore(db) if db is not None else FeedbackStore.from_config(cfg.store, cfg.run_dir)
     )
-    export = export_preference(store)
+    export = export_preference(store, across_prompts=cfg.reward.pairs_across_prompts)
     folder = segmenter or cfg.run_dir / "segmenter" / cfg.run.name
     cards = Segmenter.load(folder).cards_ if (folder / "segmenter.json").is_file() else None
     return export, cards

@@ -51,9 +51,20 @@ class PairData:
     segment: np.ndarray
     user_ids: list[str | None]
     report: dict = field(default_factory=dict)
+    # The rejected reply's own prompt where it answered another one (pairs across prompts);
+    # None: every pair shares its prompt.
+    rejected_prompts: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rejected_prompts is None:
+            self.rejected_prompts = self.prompts
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def both_prompts(self) -> list[str]:
+        """Prompts of ``chosen + rejected`` (the rows a reward model scores for these pairs)."""
+        return self.prompts + self.rejected_prompts
 
     def counts(self) -> dict[int, int]:
         """Pairs per segment id (−1: rows without a segment)."""
@@ -70,6 +81,7 @@ class PairData:
             self.segment[rows],
             [self.user_ids[i] for i in pick],
             dict(self.report),
+            [self.rejected_prompts[i] for i in pick],
         )
 
 
@@ -112,12 +124,20 @@ def pairs_from(data) -> PairData:
     margin = get("margin") if "margin" in columns else [0.0] * n
     segment = get("segment_id") if "segment_id" in columns else [None] * n
     users = get("user_id") if "user_id" in columns else [None] * n
+    prompts = [message_text(p, "user") for p in get("prompt")]
+    rejected_prompts = None
+    if "rejected_prompt" in columns:  # pairs across prompts (export_preference(across_prompts))
+        rejected_prompts = [
+            p if r is None else message_text(r, "user")
+            for p, r in zip(prompts, get("rejected_prompt"), strict=True)
+        ]
     return PairData(
-        [message_text(p, "user") for p in get("prompt")],
+        prompts,
         [message_text(c, "assistant") for c in get("chosen")],
         [message_text(r, "assistant") for r in get("rejected")],
         np.array([0.0 if m is None else float(m) for m in margin], dtype=np.float32),
         np.array([_segment_value(s) for s in segment], dtype=np.int64),
         [None if u is None else str(u) for u in users],
         dict(report),
+        rejected_prompts,
     )

@@ -40,9 +40,9 @@ class FeatureReward:
     def fit(self, data) -> FeatureReward:
         pairs = as_pairs(data)
         if not hasattr(self.featurizer, "center_"):
-            self.featurizer.fit(pairs.prompts * 2, pairs.chosen + pairs.rejected)
+            self.featurizer.fit(pairs.both_prompts(), pairs.chosen + pairs.rejected)
         n = len(pairs)
-        x = self.featurizer.transform(pairs.prompts * 2, pairs.chosen + pairs.rejected)
+        x = self.featurizer.transform(pairs.both_prompts(), pairs.chosen + pairs.rejected)
         dx, y = x[:n] - x[n:], np.ones(n)
         self.global_ = fit_logistic(dx, y, np.zeros(n), self.global_shrinkage)
         offset = dx @ self.global_

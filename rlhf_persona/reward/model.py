@@ -177,7 +177,7 @@ class RewardModel:
     def _rows(self, pairs: PairData, index: np.ndarray):
         """Pre-tokenized training rows for RewardTrainer."""
         chosen = self._encode(pairs.prompts, pairs.chosen, index, train=True)
-        rejected = self._encode(pairs.prompts, pairs.rejected, index, train=True)
+        rejected = self._encode(pairs.rejected_prompts, pairs.rejected, index, train=True)
         margin = pairs.margin * self.cfg.margin_scale if self.cfg.margin_scale > 0 else None
         return preference_rows(chosen, rejected, margin, self._row_index(index))
 

@@ -50,7 +50,7 @@ NO_CEILINGS = "unavailable: imported data has no ground truth (ceilings need the
 def _margins(model, pairs: PairData, user_level: bool = False) -> np.ndarray:
     """Score margin r(chosen) − r(rejected) per pair."""
     n = len(pairs)
-    args = (pairs.segment.tolist() * 2, pairs.prompts * 2, pairs.chosen + pairs.rejected)
+    args = (pairs.segment.tolist() * 2, pairs.both_prompts(), pairs.chosen + pairs.rejected)
     r = model.score(*args, user_ids=pairs.user_ids * 2) if user_level else model.score(*args)
     return r[:n] - r[n:]
 
@@ -60,7 +60,7 @@ def fit_levels(train, featurizer: ReplyFeaturizer, shrinkage: float, base=None,
     """The three levels fit on ``train`` pairs; ``base`` replaces the light segment model;
     ``user_featurizer`` (default: ``featurizer``) gives the residuals' features."""
     pairs = as_pairs(train)
-    texts = (pairs.prompts * 2, pairs.chosen + pairs.rejected)
+    texts = (pairs.both_prompts(), pairs.chosen + pairs.rejected)
     featurizer.fit(*texts)
     glob = FeatureReward(featurizer, conditioned=False).fit(pairs)
     seg = base if base is not None else FeatureReward(featurizer).fit(pairs)

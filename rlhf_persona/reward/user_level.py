@@ -216,7 +216,7 @@ class UserLevelReward:
         """Fit every user's residual on their own pairs (the base stays as it is)."""
         pairs = as_pairs(data)
         if not hasattr(self.featurizer, "center_"):
-            self.featurizer.fit(pairs.prompts * 2, pairs.chosen + pairs.rejected)
+            self.featurizer.fit(pairs.both_prompts(), pairs.chosen + pairs.rejected)
         offset, dx = self._pair_design(pairs)
         users = np.array([u or "" for u in pairs.user_ids])
         for uid in sorted(set(users.tolist()) - {""}):
@@ -230,8 +230,8 @@ class UserLevelReward:
         """Base score margin and feature difference (bias column 0: it cancels) per pair."""
         n = len(pairs)
         segs = pairs.segment.tolist() * 2
-        base = _base_scores(self.base, segs, pairs.prompts * 2, pairs.chosen + pairs.rejected)
-        feats = self.featurizer.transform(pairs.prompts * 2, pairs.chosen + pairs.rejected)
+        base = _base_scores(self.base, segs, pairs.both_prompts(), pairs.chosen + pairs.rejected)
+        feats = self.featurizer.transform(pairs.both_prompts(), pairs.chosen + pairs.rejected)
         dx = np.hstack([np.zeros((n, 1)), feats[:n] - feats[n:]])
         return base[:n] - base[n:], dx
 

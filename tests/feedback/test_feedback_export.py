@@ -137,3 +137,38 @@ def test_export_cli_writes_dataset_and_prints_counts(filled, tmp_path):
     loaded = load_from_disk(str(out))
     assert len(loaded) == 3 and "margin" in loaded.column_names
     assert (out / "export_report.json").exists()
+
+
+def test_preference_pairs_across_prompts(filled):
+    """A user's liked reply against their disliked reply to another prompt, with that prompt
+    carried in ``rejected_prompt``; the reward data keeps it for the rejected side."""
+    from rlhf_persona.reward.data import pairs_from
+
+    plain, _ = export_preference(filled)
+    ds, report = export_preference(filled, across_prompts=True)
+    assert ds.column_names[-1] == "rejected_prompt"
+    cross = {
+        (r["user_id"], r["chosen"], r["rejected"], r["prompt"], r["rejected_prompt"])
+        for r in ds
+        if r["prompt"] != r["rejected_prompt"]
+    }
+    assert cross == {
+        ("u1", OAT, "Work harder.", P, Q),  # rating 5 on P vs thumbs down on Q
+        ("u1", "Take a walk.", "Toast.", Q, P),  # thumbs up on Q vs rating 2 on P
+        ("u1", "Take a walk.", "Nothing.", Q, P),
+        ("u2", "Take a walk.", "Toast.", Q, P),  # u2's rating 1 on P; u3 (no consent) absent
+    }
+    assert report["used"]["across_prompts"] == 4
+    assert len(ds) == len(plain) + 4  # same-prompt pairs unchanged
+    pairs = pairs_from((ds, report))
+    row = list(zip(pairs.chosen, pairs.rejected, strict=True)).index(("Take a walk.", "Nothing."))
+    assert (pairs.prompts[row], pairs.rejected_prompts[row]) == (Q, P)
+    assert pairs.both_prompts()[len(pairs) + row] == P
+    assert pairs_from(plain).rejected_prompts == pairs_from(plain).prompts
+
+
+def test_cli_across_prompts_needs_preference(filled, tmp_path):
+    result = CliRunner().invoke(app, ["export", "--format", "kto", "--across-prompts", "--out",
+                                      str(tmp_path / "o"), "--db", str(filled.url)])  # fmt: skip
+    assert result.exit_code != 0  # the console script turns a UserError into one line, exit 2
+    assert "--across-prompts applies to --format preference only" in str(result.exception)
