@@ -44,7 +44,7 @@ def _score(reward, keys, prompts, replies, user_ids):
 
 def best_of_n(generator, reward, segment_ids: Sequence, prompts: Sequence[str],
               user_ids: Sequence[str] | None = None, n: int = 4, max_new_tokens: int = 64,
-              temperature: float = 1.0, seed: int = 0) -> BestOfN:  # fmt: skip
+              temperature: float = 1.0, seed: int = 0, top_p: float = 1.0) -> BestOfN:  # fmt: skip
     """Best of ``n`` sampled replies per (segment, prompt[, user]) by ``reward`` (module doc)."""
     if n < 1:
         raise UserError(f"best_of_n: n must be ≥ 1, got {n}")
@@ -54,7 +54,7 @@ def best_of_n(generator, reward, segment_ids: Sequence, prompts: Sequence[str],
     m = len(prompts)
     keys, prompts = list(segment_ids) * n, list(prompts) * n
     replies = generator.generate(keys, prompts, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, seed=seed)  # fmt: skip
+                                 temperature=temperature, top_p=top_p, seed=seed)  # fmt: skip
     if n == 1 or reward is None:
         return BestOfN(replies[:m], np.full(m, np.nan), time.perf_counter() - start, n)
     users = list(user_ids) * n if user_ids is not None else None

@@ -1,7 +1,8 @@
 """Commands of live feedback collection: ``simulate-traffic`` and ``chat-link``.
 
 The ``serve`` command (``feedback/commands.py``) takes the chat's policy options
-(``--policy``, ``--policy-registry``, ``--ab-share``) through ``chat_env``.
+(``--policy``, ``--policy-registry``, ``--ab-share``, ``--best-of-n``, ``--best-of-n-reward``)
+through ``chat_env``.
 """
 
 from __future__ import annotations
@@ -15,19 +16,27 @@ from rlhf_persona.errors import UserError
 
 
 def chat_env(
-    policy: str | None, policy_registry: Path | None, ab_share: float | None, preload: bool
+    policy: str | None,
+    policy_registry: Path | None,
+    ab_share: float | None,
+    preload: bool,
+    best_of_n: int | None = None,
+    best_of_n_reward: Path | None = None,
 ) -> dict[str, str]:
     """``serve``'s chat options as ``RLHF_PERSONA_CHAT_*`` variables for the app factory;
-    checks the registry folder first so a typo fails before the service starts."""
-    from rlhf_persona.feedback.chat.serving import check_registry
+    checks the registry and reward folders first so a typo fails before the service starts."""
+    from rlhf_persona.feedback.chat.serving import check_best_of_n, check_registry
     from rlhf_persona.feedback.chat.settings import ENV_PREFIX
 
     check_registry(policy_registry)
+    check_best_of_n(1 if best_of_n is None else best_of_n, best_of_n_reward)
     values = {
         "POLICY": policy,
         "AB_SHARE": ab_share,
         "PRELOAD": preload or None,
         "POLICY_REGISTRY": policy_registry.resolve() if policy_registry else None,
+        "BEST_OF_N": best_of_n,
+        "BEST_OF_N_REWARD": best_of_n_reward.resolve() if best_of_n_reward else None,
     }
     return {ENV_PREFIX + k: str(v) for k, v in values.items() if v is not None}
 

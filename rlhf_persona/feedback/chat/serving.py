@@ -6,6 +6,11 @@
 policy fall back to ``global``, then ``base``), and users without a segment by ``global``.
 Without a registry, everyone gets the base policy ``settings.policy``.
 
+With ``settings.best_of_n`` n > 1, each request's reply is the best of n samples from that
+policy as ranked by the saved reward ``settings.best_of_n_reward`` (``policy.best_of_n``; a
+``UserLevelReward`` scores with the requesting user's residual); the reply's policy label gets
+``+best-of-N`` and its generation settings a ``best_of_n`` entry (n, reward folder, score).
+
 ``generate`` is the micro-batcher's batch function: it runs in the batcher's worker thread, one
 call per batch, and returns each reply with what produced it, ready to be stored with the reply.
 """
@@ -38,10 +43,12 @@ REASON_TAGS = [
 
 @dataclass(frozen=True)
 class Request:
-    """One reply to generate: the user's segment (None: none yet) and their message."""
+    """One reply to generate: the user's segment (None: none yet), their message and their id
+    (for a user-level best-of-n reward)."""
 
     segment: int | None
     prompt: str
+    user_id: str | None = None
 
 
 @dataclass
@@ -61,14 +68,70 @@ def check_registry(path: Path | None) -> None:
         raise UserError(f"--policy-registry {path}: no manifest.json; not a policy registry")
 
 
+#: The file that marks each kind of saved reward model (checked in this order: a user-level
+#: reward saved over a segment model holds both files).
+REWARD_FILES = {
+    "user_level": "user_level.json",  # reward.user_level.UserLevelReward.save
+    "reward_model": "reward_model.json",  # reward.model.RewardModel.save (any strategy)
+    "feature_reward": "feature_reward.json",  # reward.light.FeatureReward.save
+}
+
+
+def reward_kind(path: Path) -> str | None:
+    """Which kind of saved reward model the folder holds (a ``REWARD_FILES`` key), or None."""
+    return next((k for k, f in REWARD_FILES.items() if (Path(path) / f).is_file()), None)
+
+
+def check_best_of_n(n: int, reward: Path | None) -> None:
+    """Clear errors for bad best-of-n settings, naming the ``serve`` option (before loading
+    any model)."""
+    if n < 1:
+        raise UserError(f"--best-of-n {n}: must be ≥ 1 (1 = plain generation)")
+    if reward is not None:
+        path = Path(reward)
+        if not path.is_dir():
+            raise UserError(f"--best-of-n-reward {path}: no such folder")
+        if reward_kind(path) is None:
+            files = ", ".join(REWARD_FILES.values())
+            message = f"not a saved reward model (none of {files})"
+            raise UserError(f"--best-of-n-reward {path}: {message}")
+    elif n > 1:
+        raise UserError(f"--best-of-n {n}: needs --best-of-n-reward PATH (a saved reward model)")
+
+
+def check_settings(settings: ChatSettings) -> None:
+    """The checks of ``check_registry`` and ``check_best_of_n``."""
+    check_registry(settings.policy_registry)
+    check_best_of_n(settings.best_of_n, settings.best_of_n_reward)
+
+
+def load_reward(path: Path, cache_dir: Path | None = None) -> Any:
+    """The saved reward model in ``path`` (any kind of ``REWARD_FILES``)."""
+    kind = reward_kind(path)
+    if kind == "user_level":
+        from rlhf_persona.reward.user_level import UserLevelReward
+
+        return UserLevelReward.load(path, cache_dir=cache_dir)
+    if kind == "reward_model":
+        from rlhf_persona.reward import load_reward_model
+
+        return load_reward_model(path)
+    if kind == "feature_reward":
+        from rlhf_persona.reward.light import FeatureReward
+
+        return FeatureReward.load(path)
+    raise UserError(f"--best-of-n-reward {path}: not a saved reward model")
+
+
 class ChatPolicy:
     """Loads the policy (lazily, on the batcher's worker thread) and generates replies."""
 
     def __init__(self, settings: ChatSettings, cache_dir: Path | None = None) -> None:
-        check_registry(settings.policy_registry)
+        check_settings(settings)
         self.settings = settings
         self.cache_dir = cache_dir
         self.generator: Any = None
+        self.reward: Any = None
         self.load_s: float | None = None
         self._calls = 0
         self._lock = threading.Lock()
@@ -78,7 +141,8 @@ class ChatPolicy:
         return self.generator is not None
 
     def load(self) -> ChatPolicy:
-        """Load the registry, the base model and every adapter; warm up with one token."""
+        """Load the registry, the base model, every adapter and the best-of-n reward; warm up
+        with one token."""
         with self._lock:
             if self.generator is not None:
                 return self
@@ -102,7 +166,15 @@ class ChatPolicy:
                 registry, device=s.device, cache_dir=self.cache_dir, batch_size=s.max_batch
             )
             generator.load_all()
-            generator.generate([GLOBAL], ["hello"], max_new_tokens=1)  # first-call costs
+            if s.best_of_n > 1:
+                assert s.best_of_n_reward is not None  # check_settings
+                from rlhf_persona.policy.best_of_n import best_of_n
+
+                self.reward = load_reward(s.best_of_n_reward, self.cache_dir)
+                best_of_n(generator, self.reward, [GLOBAL], ["hello"], user_ids=[""], n=2,
+                          max_new_tokens=1)  # fmt: skip
+            else:
+                generator.generate([GLOBAL], ["hello"], max_new_tokens=1)  # first-call costs
             self.generator = generator
             self.load_s = time.perf_counter() - start
             log.info("chat policy loaded in %.1fs: %r", self.load_s, registry)
@@ -112,17 +184,27 @@ class ChatPolicy:
         return GLOBAL if segment is None else segment
 
     def generate(self, requests: list[Request]) -> list[Generated]:
-        """One reply per request, in one ``PolicyGenerator.generate`` call (grouped by route).
-        Batch ``n`` samples with seed ``settings.seed + n``, recorded with each reply."""
+        """One reply per request, in one ``PolicyGenerator.generate`` call (grouped by route),
+        or with best-of-n in one ``best_of_n`` call (n samples per request, then one scoring
+        pass). Batch ``k`` samples with seed ``settings.seed + k``, recorded with each reply."""
         self.load()
         s = self.settings
         seed = s.seed + self._calls
         self._calls += 1
         keys = [self.key(r.segment) for r in requests]
-        texts = self.generator.generate(
-            keys, [r.prompt for r in requests], max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature, top_p=s.top_p, seed=seed,
-        )  # fmt: skip
+        prompts = [r.prompt for r in requests]
+        sampling = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                        top_p=s.top_p, seed=seed)  # fmt: skip
+        scores = None
+        if s.best_of_n > 1:
+            from rlhf_persona.policy.best_of_n import best_of_n
+
+            users = [r.user_id for r in requests]
+            res = best_of_n(self.generator, self.reward, keys, prompts, user_ids=users,
+                            n=s.best_of_n, **sampling)  # fmt: skip
+            texts, scores = res.replies, res.scores
+        else:
+            texts = self.generator.generate(keys, prompts, **sampling)
         registry = self.generator.registry
         base = {"model": registry.base_model, "max_new_tokens": s.max_new_tokens,
                 "temperature": s.temperature, "top_p": s.top_p, "seed": seed,
@@ -130,20 +212,15 @@ class ChatPolicy:
         if s.policy_registry is not None:
             base.update(registry=str(s.policy_registry), round=registry.round)
         out = []
-        for request, key, text in zip(requests, keys, texts, strict=True):
+        for i, (request, key, text) in enumerate(zip(requests, keys, texts, strict=True)):
             route = registry.route(key)
-            out.append(
-                Generated(
-                    text=text,
-                    policy=self.generator.label(key),
-                    adapter=route.adapter,
-                    segment=request.segment,
-                    generation={
-                        **base,
-                        "key": str(key),
-                        "model": registry.base_model_of(route),
-                        "persona": bool(route.system_prompt),
-                    },
-                )
-            )
+            generation = {**base, "key": str(key), "model": registry.base_model_of(route),
+                          "persona": bool(route.system_prompt)}  # fmt: skip
+            policy = self.generator.label(key)
+            if scores is not None:
+                policy = f"{policy}+best-of-{s.best_of_n}"
+                generation["best_of_n"] = {"n": s.best_of_n, "reward": str(s.best_of_n_reward),
+                                           "score": float(scores[i])}  # fmt: skip
+            out.append(Generated(text=text, policy=policy, adapter=route.adapter,
+                                 segment=request.segment, generation=generation))  # fmt: skip
         return out

@@ -1,6 +1,6 @@
 """Settings of the chat endpoint, from ``RLHF_PERSONA_CHAT_*`` variables (``rlhf-persona serve
---policy ... --policy-registry ... --ab-share ...`` sets them) or passed in as
-``app.state.chat_settings`` before the app starts."""
+--policy ... --policy-registry ... --ab-share ... --best-of-n ... --best-of-n-reward ...`` sets
+them) or passed in as ``app.state.chat_settings`` before the app starts."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ class ChatSettings(BaseSettings):
         None,
         description="An AdapterRegistry folder (manifest.json): each user is served by their "
         "segment's adapter / persona prompt; its base model replaces `policy`.",
+    )
+    best_of_n: int = Field(
+        1,
+        ge=1,
+        description="Best-of-n serving: sample this many replies per request and send the one "
+        "`best_of_n_reward` scores highest for the user (1 = off; cost ≈ n × one generation).",
+    )
+    best_of_n_reward: Path | None = Field(
+        None,
+        description="A saved reward model folder to rank best-of-n candidates with: a "
+        "UserLevelReward (user_level.json, scores per user), a segment RewardModel "
+        "(reward_model.json) or a FeatureReward (feature_reward.json). Required when "
+        "best_of_n > 1.",
     )
     ab_share: float = Field(
         0.2, ge=0, le=1, description="Share of turns answered with two replies (an A/B choice)."

@@ -28,7 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request, check_registry
+from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request, check_settings
 from rlhf_persona.feedback.chat.settings import ChatSettings
 
 log = logging.getLogger("rlhf_persona.chat")
@@ -63,7 +63,7 @@ class ProcessPolicy:
     thread (the micro-batcher's worker) until the child answers."""
 
     def __init__(self, settings: ChatSettings, cache_dir: Path | None = None) -> None:
-        check_registry(settings.policy_registry)
+        check_settings(settings)
         self.settings = settings
         self.cache_dir = cache_dir
         self.load_s: float | None = None

@@ -143,10 +143,12 @@ class ChatState:
             return forced
         return self.rng.random() < self.settings.ab_share
 
-    async def replies(self, segment: int | None, prompt: str, ab: bool) -> list[Generated]:
+    async def replies(
+        self, segment: int | None, prompt: str, ab: bool, user_id: str | None = None
+    ) -> list[Generated]:
         """One reply, or two different ones for an A/B turn (one retry when both came out the
-        same; a single reply if they still do)."""
-        request = Request(segment, prompt)
+        same; a single reply if they still do). ``user_id``: for a user-level best-of-n reward."""
+        request = Request(segment, prompt, user_id)
         out = await self.batcher.submit_many([request] * (2 if ab else 1))
         if ab and out[0].text == out[1].text:
             out[1] = await self.batcher.submit(request)

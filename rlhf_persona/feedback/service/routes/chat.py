@@ -132,7 +132,7 @@ async def chat(
     segment = await state.segment_of(user_id)
     ab = state.wants_ab(body.ab)
     try:
-        generated = await state.replies(segment, body.message, ab)
+        generated = await state.replies(segment, body.message, ab, user_id)
     except Exception as exc:  # the model failed to load or to generate
         log.warning("chat generation failed: %s", exc)
         message = f"the chat policy is not available: {exc}"
