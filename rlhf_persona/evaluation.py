@@ -62,15 +62,20 @@ def _by_true_segment(users: Users, items: EvalItems, features: np.ndarray, round
     }
 
 
-def _personalization_gap(users, items, generator, embed, round, gen_kw) -> dict:
+def _personalization_gap(users, items, generator, embed, round, gen_kw, personalized) -> dict:
     """Per true segment: thumbs-up of own assigned segment's policy minus the mean of the
-    other segments' policies, on the same users and prompts."""
+    other segments' policies, on the same users and prompts (``personalized``: the replies of
+    each row's own segment policy, reused rather than generated again)."""
     segments = generator.registry.segments
     if len(segments) < 2:
         return {}
     up = {}
     for s in segments:
-        replies = generator.generate([s] * len(items.prompts), items.prompts, **gen_kw)
+        replies = list(personalized)
+        rows = [j for j, own in enumerate(items.segments) if int(own) != s]
+        other = generator.generate([s] * len(rows), [items.prompts[j] for j in rows], **gen_kw)
+        for j, reply in zip(rows, other, strict=True):
+            replies[j] = reply
         up[s] = _row_thumbs(users, items, _features(users, items, replies, embed), round)
     own = np.array([up.get(int(s), up[segments[0]])[j] for j, s in enumerate(items.segments)])
     others = np.array(
@@ -98,11 +103,11 @@ def _reward_agreement(rm, users, items, replies, features, round) -> float:
     return float(spearmanr(scores, true_u).statistic)
 
 
-def _reward_accuracy(rm, users, items, generator, embed, round, gen_kw) -> dict:
-    """Reward model's expected pairwise accuracy per true segment on two base replies per item,
-    beside the segment-knowing Bayes ceiling on the same rows."""
+def _reward_accuracy(rm, users, items, generator, embed, round, gen_kw, base_replies) -> dict:
+    """Reward model's expected pairwise accuracy per true segment on two base replies per item
+    (``base_replies`` and one more sample), beside the segment-knowing Bayes ceiling."""
     keys = [BASE] * len(items.prompts)
-    a = generator.generate(keys, items.prompts, **{**gen_kw, "seed": gen_kw["seed"] + 7})
+    a = base_replies
     b = generator.generate(keys, items.prompts, **{**gen_kw, "seed": gen_kw["seed"] + 8})
     fa, fb = _features(users, items, a, embed), _features(users, items, b, embed)
     p_true = oracle.preference_probability(users, items.user_idx, fa, fb, round)
@@ -129,8 +134,11 @@ def evaluate_policies(
     seed: int = 0,
     max_new_tokens: int = 64,
     temperature: float = 1.0,
+    best_of_n: int = 1,
 ) -> tuple[dict, dict]:
-    """All evaluation figures for one round, and sample replies per true segment."""
+    """All evaluation figures for one round, and sample replies per true segment. With
+    ``best_of_n`` > 1 (and ``rm``) also the personalized policies served best-of-n by ``rm``
+    (a user-level reward scores per user): policy ``best_of_n`` beside the others."""
     gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     n = len(items.prompts)
     replies = {
@@ -138,6 +146,13 @@ def evaluate_policies(
         "global": generator.generate([GLOBAL] * n, items.prompts, **gen_kw),
         "personalized": generator.generate(items.segments.tolist(), items.prompts, **gen_kw),
     }
+    best = None
+    if best_of_n > 1 and rm is not None:
+        from rlhf_persona.policy.best_of_n import best_of_n as serve_best_of_n
+
+        best = serve_best_of_n(generator, rm, items.segments.tolist(), items.prompts,
+                               items.user_ids, n=best_of_n, **gen_kw)  # fmt: skip
+        replies["best_of_n"] = best.replies
     feats = {name: _features(users, items, r, embed) for name, r in replies.items()}
     per_policy = {name: _by_true_segment(users, items, f, round) for name, f in feats.items()}
     segments = {
@@ -148,7 +163,9 @@ def evaluate_policies(
     metrics = {
         "segments": segments,
         "spread": float(max(pers) - min(pers)),
-        "personalization_gap": _personalization_gap(users, items, generator, embed, round, gen_kw),
+        "personalization_gap": _personalization_gap(
+            users, items, generator, embed, round, gen_kw, replies["personalized"]
+        ),
         "kl": {
             "global": float(
                 generator.kl_from_base([GLOBAL] * n, items.prompts, replies["global"]).mean()
@@ -160,11 +177,15 @@ def evaluate_policies(
             ),
         },
     }
+    if best is not None:
+        metrics["best_of_n"] = {"n": best_of_n, "latency_s_per_request": best.latency_s / n}
     if rm is not None:
         metrics["reward_utility_corr"] = _reward_agreement(
             rm, users, items, replies["personalized"], feats["personalized"], round
         )
-        metrics["reward"] = _reward_accuracy(rm, users, items, generator, embed, round, gen_kw)
+        metrics["reward"] = _reward_accuracy(
+            rm, users, items, generator, embed, round, gen_kw, replies["base"]
+        )
     return metrics, _samples(users, items, replies)
 
 

@@ -187,8 +187,17 @@ class Loop:
         run.log({"export": report}, stage="reward")
         rm = build_reward_model(self.cfg.reward, self.cfg.models.encoder, cards)
         rm.fit(data, run=run)
+        if self.cfg.reward.user_level:  # per-user residuals on top (saves the base beside them)
+            rm = self._user_level(rm, data)
         rm.save(rdir / "reward")
         return rm
+
+    def _user_level(self, rm, data):
+        from rlhf_persona.reward.user_level import ReplyFeaturizer, UserLevelReward
+
+        rc, m = self.cfg.reward, self.cfg.models
+        featurizer = ReplyFeaturizer(rc.user_features, rc.user_dims, m.encoder, m.cache_dir)
+        return UserLevelReward(rm, featurizer, rc.user_shrinkage).fit(data)
 
     def train_policy(self, r, state, rdir, assignments, cards, rm, run):
         from rlhf_persona.policy import train_policies
@@ -221,7 +230,10 @@ class Loop:
         from rlhf_persona.feedback.export import export_kto, export_preference
 
         algo = self.cfg.policy.algorithm
-        exported, _ = (export_kto if algo == "kto" else export_preference)(self.store, assignments)
+        if algo == "kto":  # every thumb and every clear rating is a KTO row
+            exported, _ = export_kto(self.store, assignments, ratings=True)
+        else:
+            exported, _ = export_preference(self.store, assignments)
         if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ("grpo", "rloo"):
             return exported
         ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo == "kto")
@@ -317,6 +329,7 @@ class Loop:
             seed=self.cfg.run.seed + 5000,
             max_new_tokens=lc.max_new_tokens,
             temperature=lc.temperature,
+            best_of_n=self.cfg.reward.best_of_n,
         )
 
     # -- resume ---------------------------------------------------------------------------
@@ -363,11 +376,14 @@ def simulated_thumbs_reward(sim, assignments: dict, seed: int):
 
 def print_round_table(record: dict) -> None:
     table = Table(title=f"round {record['round']}: true thumbs-up rate per segment")
-    for col in ("segment", "base", "global", "personalized", "gain"):
+    best = "best_of_n" in next(iter(record["segments"].values()), {})
+    n = record.get("best_of_n", {}).get("n")
+    for col in ("segment", "base", "global", "personalized", "gain") + best * (f"best-of-{n}",):
         table.add_column(col)
     for seg, vals in sorted(record["segments"].items()):
         b, g, p = (vals[k]["thumbs_up"] for k in ("base", "global", "personalized"))
-        table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}")
+        extra = (f"{vals['best_of_n']['thumbs_up']:.3f}",) if best else ()
+        table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}", *extra)
     console.print(table)
     kl = record.get("kl", {})
     console.print(

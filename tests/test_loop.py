@@ -22,7 +22,14 @@ TINY = {
     "models": {"policy": "embedded:tiny-test"},
     "population": {"name": "two_opposed", "users": 24},
     "segmentation": {"k": 2, "min_segment_size": 3, "features": "behaviour"},
-    "reward": {"strategy": "heads", "max_steps": 2, "max_length": 64},
+    # per-user residuals on the heads model, and evaluation served best-of-2 by them
+    "reward": {
+        "strategy": "heads",
+        "max_steps": 2,
+        "max_length": 64,
+        "user_level": True,
+        "best_of_n": 2,
+    },
     "policy": {"algorithm": "dpo", "steps": 1, "batch_size": 4, "min_rows": 1},
     "loop": {
         "rounds": 2,
@@ -97,6 +104,11 @@ def test_loop_records_per_segment_evaluation(interrupted_then_resumed):
     assert last["kl"]["personalized"] >= 0.0
     assert "reward" in last and 0.0 <= last["reward"]["worst_acc"] <= 1.0
     assert "report:" in stdout and "thumbs-up rate per segment" in stdout
+    # best-of-n serving with the user-level reward is evaluated beside the policies
+    assert last["best_of_n"]["n"] == 2 and last["best_of_n"]["latency_s_per_request"] > 0
+    assert all(0.0 <= v["best_of_n"]["thumbs_up"] <= 1.0 for v in last["segments"].values())
+    assert "best-of-2" in stdout
+    assert (run_dir / "round_1" / "reward" / "user_level.json").is_file()
     # adapters of each round are saved with their manifest
     manifest = json.loads((run_dir / "round_1" / "policy" / "manifest.json").read_text())
     assert manifest["round"] == 1 and "global" in manifest["adapters"]

@@ -313,3 +313,10 @@ def test_bad_inputs_are_named(data, tmp_path):
     with pytest.raises(UserError, match="multiple of policy.num_generations"):
         cfg = _cfg(algorithm="rloo", batch_size=6, num_generations=4)
         train_policies(cfg, SPEC, data, CARDS, tmp_path, reward_fn=style_reward)
+
+
+def test_generated_replies_are_cleaned_of_nul_characters():
+    """A byte-level model can emit NUL; the store rejects it, so replies never carry one."""
+    from rlhf_persona.policy.generate import clean_reply
+
+    assert clean_reply("  Sure\x00, here\x00 it is \n") == "Sure, here it is"

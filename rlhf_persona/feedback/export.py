@@ -8,7 +8,8 @@
   (thumbs up, rating ≥ 4) against their disliked reply (thumbs down, rating ≤ 2) to *another*
   prompt, with an extra ``rejected_prompt`` column: most thumbs have no partner on their own
   prompt, and the same user's two judgements share that user's threshold, so they compare.
-- ``export_kto`` -> prompt, completion, label (bool), user_id, segment_id (KTO), from thumbs.
+- ``export_kto`` -> prompt, completion, label (bool), user_id, segment_id (KTO), from thumbs
+  (and with ``ratings=True`` from ratings: ≥ 4 desirable, ≤ 2 undesirable).
 - ``export_ratings`` -> prompt, completion, rating (1..5), user_id, segment_id.
 
 Every row keeps the user and their segment (current assignment, or the ``segments`` given;
@@ -191,35 +192,49 @@ def export_kto(
     segments: Mapping[str, int] | None = None,
     *,
     conversational: bool = False,
+    ratings: bool = False,
 ) -> tuple[Dataset, dict[str, Any]]:
-    """KTO rows from thumbs: label True for up, False for down (cleared thumbs are dropped)."""
+    """KTO rows from thumbs: label True for up, False for down (cleared thumbs are dropped).
+    With ``ratings=True`` ratings count too: ≥ 4 desirable, ≤ 2 undesirable, 3 dropped."""
     seg = _segments_of(store, segments)
     dropped: Counter = Counter()
-    rows = _usable(store.feedback_rows(["thumbs"]), dropped)
+    rows = _usable(store.feedback_rows(["thumbs", "rating"] if ratings else ["thumbs"]), dropped)
     seen: set[tuple[str, str, str]] = set()
     used: Counter = Counter()
     columns: dict[str, list] = {k: [] for k in KTO_COLUMNS}
     for row in rows:
-        if row.value == 0:
-            dropped["cleared_thumb"] += 1
+        label, source, drop = _kto_label(row)
+        if label is None:
+            dropped[drop] += 1
             continue
         key = (row.user_id, row.prompt, row.reply)
         if key in seen:
             dropped["duplicate"] += 1
             continue
         seen.add(key)
-        used["thumbs_up" if row.value > 0 else "thumbs_down"] += 1
+        used[source] += 1
         columns["prompt"].append(_as_chat("user", row.prompt) if conversational else row.prompt)
         columns["completion"].append(
             _as_chat("assistant", row.reply) if conversational else row.reply
         )
-        columns["label"].append(row.value > 0)
+        columns["label"].append(label)
         columns["user_id"].append(row.user_id)
         columns["segment_id"].append(int(seg.get(row.user_id, NO_SEGMENT)))
     features = {"prompt": "text", "completion": "text", "label": "bool", "user_id": "string",
                 "segment_id": "int32"}  # fmt: skip
     dataset = _dataset(columns, features, conversational)
     return dataset, _report("kto", len(dataset), used, dropped)
+
+
+def _kto_label(row: Any) -> tuple[bool | None, str, str]:
+    """(label, source, why dropped) of a thumbs or rating row."""
+    if row.kind == "rating":
+        if row.value == 3:
+            return None, "", "rating_neutral"
+        return row.value >= 4, "rating_high" if row.value >= 4 else "rating_low", ""
+    if row.value == 0:
+        return None, "", "cleared_thumb"
+    return row.value > 0, "thumbs_up" if row.value > 0 else "thumbs_down", ""
 
 
 def export_ratings(

@@ -223,7 +223,7 @@ class PolicyGenerator:
             eos_token_id=_stop_ids(backend),
         )
         new = out[:, enc["input_ids"].shape[1] :]
-        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        return [clean_reply(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
 
     @torch.inference_mode()
     def _reply_logits(
@@ -253,6 +253,12 @@ class PolicyGenerator:
                     # Left padding aligns ends: position L-t-1+j predicts reply token j.
                     results.append((logits[row, length - t - 1 : length - 1], torch.tensor(ids)))
         return results
+
+
+def clean_reply(text: str) -> str:
+    """Decoded text as a reply: stripped, without NUL characters (a byte-level model can emit
+    one; text columns — PostgreSQL's among them — cannot hold it, so the store rejects it)."""
+    return text.replace("\x00", "").strip()
 
 
 def _check_lengths(keys, **columns) -> None:

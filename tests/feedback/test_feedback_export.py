@@ -172,3 +172,16 @@ def test_cli_across_prompts_needs_preference(filled, tmp_path):
                                       str(tmp_path / "o"), "--db", str(filled.url)])  # fmt: skip
     assert result.exit_code != 0  # the console script turns a UserError into one line, exit 2
     assert "--across-prompts applies to --format preference only" in str(result.exception)
+
+
+def test_kto_rows_from_ratings(filled):
+    """Ratings ≥ 4 are desirable, ≤ 2 undesirable; a rated reply the user also thumbed once
+    is one row."""
+    kto, report = export_kto(filled, ratings=True)
+    rated = sorted((r["user_id"], r["completion"], r["label"]) for r in kto
+                   if r["prompt"] == P)  # fmt: skip
+    assert rated == [("u1", "Nothing.", False), ("u1", OAT, True), ("u1", "Toast.", False),
+                     ("u2", OAT, True), ("u2", "Toast.", False)]  # fmt: skip
+    assert report["used"] == {"rating_high": 2, "rating_low": 3, "thumbs_up": 2,
+                              "thumbs_down": 1}  # fmt: skip
+    assert report["dropped"] == {"cleared_thumb": 1, "no_consent": 1}
