@@ -320,3 +320,21 @@ def test_generated_replies_are_cleaned_of_nul_characters():
     from rlhf_persona.policy.generate import clean_reply
 
     assert clean_reply("  Sure\x00, here\x00 it is \n") == "Sure, here it is"
+
+
+def test_adapter_of_another_model_is_a_clear_error(tmp_path, tiny_test_path):
+    """Loading an adapter trained on a model of other shapes (e.g. a run resumed after an
+    embedded model was rebuilt) names the adapter and what to do, not PEFT's size dump."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf_persona.policy.common import load_adapter, load_base
+
+    torch.manual_seed(0)
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2))  # fmt: skip
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(other, lora).save_pretrained(tmp_path / "adapter")
+    model, _ = load_base(str(tiny_test_path))
+    with pytest.raises(UserError, match="does not fit the base model .*Start a new run"):
+        load_adapter(model, tmp_path / "adapter", spec="embedded:tiny-test")

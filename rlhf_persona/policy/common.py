@@ -97,6 +97,28 @@ def require_columns(dataset, columns: Sequence[str], algorithm: str) -> None:
         )
 
 
+def load_adapter(model, path: Path, name: str = "default", trainable: bool = False, spec: str = ""):
+    """``model`` with the PEFT adapter at ``path`` loaded as ``name`` (wrapped in a PeftModel
+    the first time). An adapter trained on another model (e.g. a run resumed after an embedded
+    model's recipe changed, which rebuilds it) is a clear error instead of PEFT's size dump."""
+    from peft import PeftModel
+
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(path), adapter_name=name,
+                                         is_trainable=trainable)  # fmt: skip
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        raise UserError(
+            f"adapter {path} does not fit the base model {spec or '(given)'}: its weight shapes "
+            "differ, so it was trained on another model (an embedded model is rebuilt when its "
+            "recipe changes). Start a new run (another run.name) or delete the old run folder."
+        ) from None
+
+
 def lora_config(cfg: PolicyConfig, model=None):
     """A fresh LoRA config for a plain base model; None when ``model`` already has an adapter
     (a warm start from the previous round's adapter keeps training that adapter)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rlhf_persona.policy.common import load_base, render_prompt, resolve_device
+from rlhf_persona.policy.common import load_adapter, load_base, render_prompt, resolve_device
 from rlhf_persona.policy.registry import BASE, GLOBAL, AdapterRegistry
 from rlhf_persona.policy.strategies import Route
 
@@ -185,13 +185,9 @@ class PolicyGenerator:
         return backend
 
     def _load_adapter(self, backend: _Backend, name: str) -> None:
-        from peft import PeftModel
-
-        path = str(self.registry.adapter_path(name))
-        if isinstance(backend.model, PeftModel):
-            backend.model.load_adapter(path, adapter_name=name)
-        else:
-            backend.model = PeftModel.from_pretrained(backend.model, path, adapter_name=name)
+        path = self.registry.adapter_path(name)
+        spec = self.registry.adapters[name].base_model
+        backend.model = load_adapter(backend.model, path, name, spec=spec)
         backend.model.eval()
         backend.adapters.add(name)
 

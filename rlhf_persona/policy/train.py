@@ -22,6 +22,7 @@ from rlhf_persona.policy import dpo, grpo, kto, rloo, sft
 from rlhf_persona.policy.common import (
     RewardFn,
     check_online_batch,
+    load_adapter,
     load_base,
     require_columns,
     resolve_device,
@@ -161,10 +162,8 @@ def _start_model(job: TrainJob, device, bf16, cache_dir, init_from: AdapterRegis
     model, tokenizer = load_base(job.base_model, device, bf16, cache_dir)
     prev = init_from.adapters.get(job.name) if init_from is not None else None
     if prev is not None and prev.base_model == job.base_model:
-        from peft import PeftModel
-
         path = init_from.adapter_path(job.name)
-        model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        model = load_adapter(model, path, trainable=True, spec=job.base_model)
     return model, tokenizer
 
 
