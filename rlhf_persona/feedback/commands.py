@@ -114,11 +114,11 @@ def export_cmd(
 
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out}: folder exists and is not empty")
+    if across_prompts and fmt != "preference":
+        raise UserError("--across-prompts applies to --format preference only")
+    extra = {"across_prompts": True} if across_prompts else {}
     store = _open(db, config)
     try:
-        extra = {"across_prompts": True} if across_prompts else {}
-        if across_prompts and fmt != "preference":
-            raise UserError("--across-prompts applies to --format preference only")
         dataset, report = export(store, fmt, conversational=conversational, **extra)
     finally:
         store.close()

@@ -174,10 +174,9 @@ def _cross_prompt_pairs(rows: list[Any], add) -> None:
     liked: dict[str, list[Any]] = defaultdict(list)
     disliked: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
-        if row.kind == "thumbs" and row.value != 0:
-            (liked if row.value > 0 else disliked)[row.user_id].append(row)
-        elif row.kind == "rating" and row.value != 3:
-            (liked if row.value >= 4 else disliked)[row.user_id].append(row)
+        label = _kto_label(row)[0] if row.kind in ("thumbs", "rating") else None
+        if label is not None:  # liked / disliked as KTO reads them: thumbs, ratings ≥ 4 / ≤ 2
+            (liked if label else disliked)[row.user_id].append(row)
     for user in sorted(liked.keys() & disliked.keys()):
         ups, downs = liked[user], disliked[user]
         both = [(u, d) for u in ups for d in downs if u.prompt_hash != d.prompt_hash]
