@@ -11,11 +11,12 @@ simulator sends them):
 - ``http_single_events_per_s``, ``http_single_p50_ms``, ``http_single_p99_ms``: ``POST
   /v1/feedback`` with one event per request from 16 concurrent keep-alive clients;
 
-against a real uvicorn (``rlhf-persona serve``) on loopback and a real SQLite file. The load
+against a real uvicorn (``rlhf-persona serve --workers N``, N = ``--workers``, default one per
+CPU) on loopback and a real SQLite file; ``http_workers`` in the output says how many. The load
 generator is a minimal asyncio HTTP/1.1 client in this process, so that it costs little CPU
 next to the server on a small machine. Prints a final JSON line.
 
-    python scripts/bench_store.py [--events 20000] [--single 8000]
+    python scripts/bench_store.py [--events 20000] [--single 8000] [--workers N]
 """
 
 from __future__ import annotations
@@ -207,21 +208,40 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_http(tmp: Path, batch_events: list[dict], single_events: list[dict]) -> dict:
+def _service_pids(pid: int, workers: int, timeout: float = 30.0) -> list[int]:
+    """The serving processes: uvicorn itself with one worker, else its worker children (once
+    they are all up; the supervisor only watches them)."""
+    if workers == 1:
+        return [pid]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(children) >= workers:
+            time.sleep(3)  # /healthz answered from one worker; give the others time to start
+            return [int(c) for c in children]
+        time.sleep(0.1)
+    raise RuntimeError(f"uvicorn started {len(children)} of {workers} workers")
+
+
+def bench_http(tmp: Path, batch_events: list[dict], single_events: list[dict],
+               workers: int) -> dict:  # fmt: skip
     db = tmp / "http.db"
     store = FeedbackStore(db)
     add_users(store)
     key = store.create_api_key("collector", "bench")
     store.close()
     env = {"RLHF_PERSONA_MAX_BODY_BYTES": str(64 << 20)}
-    with ServiceProcess(f"sqlite:///{db}", env=env) as svc:
-        cpu0 = _cpu_seconds(svc.proc.pid)
-        batch_rate = asyncio.run(http_batch(svc.port, key, batch_events))
-        cpu1 = _cpu_seconds(svc.proc.pid)
+    with ServiceProcess(f"sqlite:///{db}", env=env, args=["--workers", str(workers)]) as svc:
+        pids = _service_pids(svc.proc.pid, workers)
+        cpu0 = sum(map(_cpu_seconds, pids))
+        # Two requests in flight per worker: one being written while the next is parsed.
+        batch_rate = asyncio.run(http_batch(svc.port, key, batch_events, clients=2 * workers))
+        cpu1 = sum(map(_cpu_seconds, pids))
         single_rate, p50, p99 = asyncio.run(http_single(svc.port, key, single_events))
-        cpu2 = _cpu_seconds(svc.proc.pid)
+        cpu2 = sum(map(_cpu_seconds, pids))
     # Server CPU per event: a figure that depends less on how loaded the machine is.
-    print(f"server CPU per event: batch {1e6 * (cpu1 - cpu0) / len(batch_events):.0f} us, "
+    print(f"server CPU per event ({workers} worker(s)): batch "
+          f"{1e6 * (cpu1 - cpu0) / len(batch_events):.0f} us, "
           f"single {1e6 * (cpu2 - cpu1) / len(single_events):.0f} us", file=sys.stderr)  # fmt: skip
     store = FeedbackStore(db)
     stored = store.counts()["events"]
@@ -229,13 +249,16 @@ def bench_http(tmp: Path, batch_events: list[dict], single_events: list[dict]) -
     expected = len(batch_events) + len(single_events) + 16
     assert stored == expected, f"{stored} events stored, {expected} acknowledged"
     return {"http_batch_events_per_s": batch_rate, "http_single_events_per_s": single_rate,
-            "http_single_p50_ms": p50, "http_single_p99_ms": p99}  # fmt: skip
+            "http_single_p50_ms": p50, "http_single_p99_ms": p99,
+            "http_workers": workers}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20_000, help="events per store/batch run")
     parser.add_argument("--single", type=int, default=8_000, help="events posted one by one")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="uvicorn worker processes (default: one per CPU)")  # fmt: skip
     args = parser.parse_args()
     try:
         import uvloop
@@ -259,7 +282,7 @@ def main() -> None:
         print(f"raw executemany: {out['raw_executemany_events_per_s']:.0f} events/s",
               file=sys.stderr)  # fmt: skip
         http = bench_http(tmp, make_events(args.events, "hb", seed=1),
-                          make_events(args.single, "hs", seed=2))  # fmt: skip
+                          make_events(args.single, "hs", seed=2), args.workers)  # fmt: skip
         out.update(http)
     out = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
     load = os.getloadavg()

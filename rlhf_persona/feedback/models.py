@@ -154,7 +154,9 @@ class FeedbackCurrent(Base):
     Keyed by that tuple (a WITHOUT ROWID table on SQLite: one B-tree, no extra unique index),
     since this table is written once per event on the hot path. Pairwise keys are stored in
     canonical order (smaller reply pk first) so that "A vs B" and "B vs A" by the same user are
-    one choice; ``other_key`` is 0 without a pair. Rows go with their event (FK cascade).
+    one choice; ``other_key`` is 0 without a pair. No foreign key to the event (its check and
+    index were most of the write's cost): the store writes a row in its event's transaction and
+    deletes it before the event (``delete_user``).
     """
 
     __tablename__ = "feedback_current"
@@ -164,7 +166,7 @@ class FeedbackCurrent(Base):
     reply_pk: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     other_key: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
-    event_pk: Mapped[int] = mapped_column(_fk("feedback_events.id"), index=True)
+    event_pk: Mapped[int] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

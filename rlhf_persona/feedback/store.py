@@ -22,7 +22,8 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +32,7 @@ from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rlhf_persona.feedback import ingest, migrate
-from rlhf_persona.feedback.db import make_engine, resolve_url, writer
+from rlhf_persona.feedback.db import WriteLock, make_engine, resolve_url, writer
 from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
 from rlhf_persona.feedback.ingest import EventResult
 from rlhf_persona.feedback.models import (
@@ -118,6 +119,7 @@ class FeedbackStore:
         self.url = resolve_url(url_or_path)
         self.engine = make_engine(self.url)
         self._writer = writer(self.engine)
+        self._write_lock = WriteLock(self.url)
         self.dialect = self.engine.dialect.name
         self.hasher = KeyedHasher(hash_key)
         self.batch_size = batch_size
@@ -136,6 +138,7 @@ class FeedbackStore:
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self.engine.dispose()
+        self._write_lock.close()
 
     def __enter__(self) -> FeedbackStore:
         return self
@@ -145,6 +148,12 @@ class FeedbackStore:
 
     def __repr__(self) -> str:
         return f"FeedbackStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction: committed on success, rolled back on an exception."""
+        with self._write_lock(), self._writer.begin() as conn:
+            yield conn
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql if self.dialect == "postgresql" else sqlite).insert(table)
@@ -210,7 +219,7 @@ class FeedbackStore:
             )
             prepared.append((index, data, uid, ext, dict(row.get("meta") or {})))
         if prepared:
-            with self._writer.begin() as conn:
+            with self.transaction() as conn:
                 self._put_users(conn, prepared, results, merge_profile)
         return results
 
@@ -286,7 +295,7 @@ class FeedbackStore:
         self, user_id: str, changes: Mapping[str, Any] | None = None, *, consent: bool | None = None
     ) -> dict[str, Any]:
         """Merge ``changes`` into the profile (a None value removes the key); returns the user."""
-        with self._writer.begin() as conn:
+        with self.transaction() as conn:
             row = self._live_user(conn, user_id)
             profile = dict(row.profile or {})
             for key, value in (changes or {}).items():
@@ -400,7 +409,7 @@ class FeedbackStore:
         (keyed hashes of the user id and external id) so that re-imports skip them. Replies
         shown only to this user (their chat prompts) are deleted too. Returns what was removed.
         """
-        with self._writer.begin() as conn:
+        with self.transaction() as conn:
             row = self._live_user(conn, user_id)
             pk = row.id
             shown = set(
@@ -492,7 +501,7 @@ class FeedbackStore:
         phash = prompt_hash(data.prompt)
         rid = reply_id_for(data.prompt, data.reply, phash)
         now = utcnow()
-        with self._writer.begin() as conn:
+        with self.transaction() as conn:
             user = self._live_user(conn, data.user_id) if data.user_id else None
             conn.execute(
                 self._insert(replies).on_conflict_do_nothing(index_elements=["reply_id"]),
@@ -539,7 +548,7 @@ class FeedbackStore:
                   "generation": d.generation, "created_at": now}
             for d, h, rid in zip(data, hashes, ids, strict=True)
         }  # fmt: skip
-        with self._writer.begin() as conn:
+        with self.transaction() as conn:
             user_ids = sorted({d.user_id for d in data if d.user_id})
             pks = self._user_pks(conn, user_ids)
             for uid in user_ids:
@@ -734,7 +743,7 @@ class FeedbackStore:
                 row = (row["user_id"], row["segment"], row.get("confidence"))
             uid, seg, conf = (tuple(row) + (None,))[:3]
             parsed.append((str(uid), int(seg), None if conf is None else float(conf)))
-        with self._writer.begin() as conn:
+        with self.transaction() as conn:
             pks = self._user_pks(conn, sorted({uid for uid, _, _ in parsed}))  # <0: deleted
             for uid, _, _ in parsed:
                 if pks.get(uid, -1) < 0:
@@ -783,7 +792,7 @@ class FeedbackStore:
         if role not in ROLES:
             raise InvalidInput(f"must be one of {', '.join(ROLES)}, not {role!r}", "role")
         key = "rp_" + secrets.token_urlsafe(32)
-        with self._writer.begin() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 api_clients.insert(),
                 {
@@ -814,7 +823,7 @@ class FeedbackStore:
 
     def revoke_api_key(self, prefix: str) -> int:
         """Revoke the keys starting with ``prefix`` (the first 10 characters are stored)."""
-        with self._writer.begin() as conn:
+        with self.transaction() as conn:
             return conn.execute(
                 api_clients.update()
                 .where(api_clients.c.key_prefix == prefix[:10], api_clients.c.revoked_at.is_(None))

@@ -3,7 +3,9 @@ with history, pairwise rules, deletion with tombstones, PII masking, segments.""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +14,7 @@ from alembic.migration import MigrationContext
 from feedback_helpers import event
 
 from rlhf_persona.feedback import migrate
-from rlhf_persona.feedback.db import make_engine
+from rlhf_persona.feedback.db import WriteLock, make_engine
 from rlhf_persona.feedback.errors import Conflict, Gone, NotFound
 from rlhf_persona.feedback.models import metadata
 from rlhf_persona.feedback.schemas import reply_id_for
@@ -35,6 +37,43 @@ def test_migrations_upgrade_match_models_and_downgrade(db_url):
         assert tables == set()
         migrate.upgrade(engine)  # and back up again
         assert "feedback_events" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_the_first_schema_keeps_current_values(db_url):
+    """0002 rebuilds feedback_current without its event foreign key: the rows survive, the
+    history and vote changes read the same, and a downgrade puts the key back."""
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO users (id, user_id, profile, meta, consent,"
+                                 " created_at, updated_at) VALUES (1, 'alice', '{}', '{}', true,"
+                                 " '2026-01-01', '2026-01-01')"))  # fmt: skip
+            conn.execute(sa.text("INSERT INTO replies (id, reply_id, prompt_hash, prompt, text,"
+                                 " created_at) VALUES (1, 'r1', 'h', 'Hi?', 'Hello.',"
+                                 " '2026-01-01')"))  # fmt: skip
+            for pk, value in ((1, 1), (2, -1)):  # a vote and its change
+                conn.execute(sa.text(
+                    "INSERT INTO feedback_events (id, event_id, user_pk, kind, reply_pk, value,"
+                    " created_at, received_at, payload_hash) VALUES"
+                    f" ({pk}, 'e{pk}', 1, 'thumbs', 1, {value}, '2026-01-0{pk}', '2026-01-0{pk}',"
+                    f" 'p{pk}')"))  # fmt: skip
+            conn.execute(sa.text("INSERT INTO feedback_current VALUES (1, 1, 0, 'thumbs', 2,"
+                                 " '2026-01-02', '2026-01-02')"))  # fmt: skip
+        migrate.upgrade(engine)
+        assert sa.inspect(engine).get_foreign_keys("feedback_current") == []
+        store = FeedbackStore(db_url, hash_key="k")
+        try:
+            assert [e["value"] for e in store.events()] == [-1]
+            assert [e["value"] for e in store.events(history=True)] == [1, -1]
+            assert store.delete_user("alice")["events"] == 2
+        finally:
+            store.close()
+        migrate.downgrade(engine, "0001")
+        fks = sa.inspect(engine).get_foreign_keys("feedback_current")
+        assert [fk["referred_table"] for fk in fks] == ["feedback_events"]
     finally:
         engine.dispose()
 
@@ -238,3 +277,35 @@ def test_concurrent_writers_store_each_event_once(store):
         thread.join()
     assert errors == []
     assert store.counts()["events"] == 200 and store.counts()["current"] == 200
+
+
+def _take_lock_and_report(lock, times) -> None:
+    with lock():
+        times.put(time.monotonic())
+
+
+def test_sqlite_writers_in_other_processes_queue_on_the_write_lock(tmp_path):
+    """A writer in another process (here a forked one, holding the parent's lock object)
+    waits while this process holds the file's write lock, and goes on once it is released."""
+    store = FeedbackStore(tmp_path / "feedback.db")
+    ctx = multiprocessing.get_context("fork")
+    times = ctx.Queue()
+    try:
+        with store.transaction() as conn:  # holds the write lock
+            conn.execute(sa.text("SELECT 1"))
+            child = ctx.Process(target=_take_lock_and_report, args=(store._write_lock, times))
+            child.start()
+            child.join(1.0)
+            assert child.is_alive() and times.empty()  # still waiting for the lock
+            released = time.monotonic()
+        child.join(30)
+        assert child.exitcode == 0 and times.get(timeout=5) >= released
+    finally:
+        store.close()
+
+
+def test_write_lock_is_a_no_op_where_there_is_no_file():
+    assert WriteLock("sqlite://").path is None
+    assert WriteLock("postgresql+psycopg://u@localhost/db").path is None
+    with WriteLock("sqlite://")():
+        pass
