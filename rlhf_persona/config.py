@@ -323,6 +323,13 @@ class LoopConfig(Section):
     continue_adapters: bool = Field(
         True, description="Each round continues training the previous round's adapters."
     )
+    feedback_window: int | None = Field(
+        None,
+        ge=1,
+        description="Rounds of feedback the reward models and policies learn from: the latest N "
+        "(None = all). A short window forgets old tastes sooner when they drift; a long one "
+        "learns from more labels.",
+    )
     eval_users_per_segment: int = Field(
         20, ge=1, description="Held-out users per true segment in the evaluation."
     )

@@ -22,6 +22,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,7 @@ class Loop:
             assignments = self.store.current_segments(f"round-{r}")
             cards = {c.segment_id: c.persona_text for c in segmenter.cards_}
         with _stage(timings, "reward"):
-            rm = self.train_reward(rdir, assignments, segmenter.cards_, run)
+            rm = self.train_reward(r, rdir, assignments, segmenter.cards_, run)
         with _stage(timings, "policy"):
             registry = self.train_policy(r, state, rdir, assignments, cards, rm, run)
         with _stage(timings, "evaluate"):
@@ -178,13 +179,15 @@ class Loop:
             seed=self.cfg.run.seed,
         )
 
-    def train_reward(self, rdir: Path, assignments: dict, cards: list, run: Run):
+    def train_reward(self, r: int, rdir: Path, assignments: dict, cards: list, run: Run):
         from rlhf_persona.feedback.export import export_preference
         from rlhf_persona.reward import build_reward_model
 
         across = self.cfg.reward.pairs_across_prompts
-        data, report = export_preference(self.store, assignments, across_prompts=across)
-        run.log({"export": report}, stage="reward")
+        data, report = export_preference(
+            self.store, assignments, across_prompts=across, since=self._since(r)
+        )
+        run.log({"export": report, "round": r}, stage="reward")
         rm = build_reward_model(self.cfg.reward, self.cfg.models.encoder, cards)
         rm.fit(data, run=run)
         if self.cfg.reward.user_level:  # per-user residuals on top (saves the base beside them)
@@ -230,10 +233,11 @@ class Loop:
         from rlhf_persona.feedback.export import export_kto, export_preference
 
         algo = self.cfg.policy.algorithm
+        since = self._since(r)
         if algo == "kto":  # every thumb and every clear rating is a KTO row
-            exported, _ = export_kto(self.store, assignments, ratings=True)
+            exported, _ = export_kto(self.store, assignments, ratings=True, since=since)
         else:
-            exported, _ = export_preference(self.store, assignments)
+            exported, _ = export_preference(self.store, assignments, since=since)
         if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ("grpo", "rloo"):
             return exported
         ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo == "kto")
@@ -241,6 +245,17 @@ class Loop:
             return exported
         ranked = ranked.select_columns(exported.column_names).cast(exported.features)
         return concatenate_datasets([exported, ranked])
+
+    def _since(self, r: int):
+        """Start of the feedback window (``loop.feedback_window`` rounds up to round ``r``):
+        simulated users give round ``r``'s feedback in its simulated week."""
+        window = self.cfg.loop.feedback_window
+        if window is None:
+            return None
+        from rlhf_persona.simulation.user import ROUND_SECONDS, START_TIME
+
+        start = START_TIME + max(r - window + 1, 0) * ROUND_SECONDS
+        return start.astype(datetime).replace(tzinfo=UTC)
 
     def _ranked_pairs(self, r, state, assignments, rm, kto: bool) -> Dataset:
         """Best-vs-worst of n sampled replies per prompt under the segment's reward model

@@ -41,6 +41,7 @@ TINY = {
         "eval_users_per_segment": 2,
         "eval_prompts_per_user": 1,
         "embed_features": False,
+        "feedback_window": 1,  # each round learns from its own round's feedback only
     },
 }
 
@@ -112,6 +113,15 @@ def test_loop_records_per_segment_evaluation(interrupted_then_resumed):
     # adapters of each round are saved with their manifest
     manifest = json.loads((run_dir / "round_1" / "policy" / "manifest.json").read_text())
     assert manifest["round"] == 1 and "global" in manifest["adapters"]
+
+
+def test_feedback_window_keeps_earlier_rounds_out_of_training(interrupted_then_resumed):
+    run_dir, _, _ = interrupted_then_resumed
+    records = read_metrics(run_dir)
+    exports = {m["round"]: m["export"] for m in records if "export" in m and "round" in m}
+    assert exports[0]["dropped"].get("before_since", 0) == 0
+    assert exports[1]["dropped"]["before_since"] > 0  # round 0's votes are outside the window
+    assert exports[1]["rows"] > 0
 
 
 def test_resumed_round_does_not_duplicate_feedback(interrupted_then_resumed):

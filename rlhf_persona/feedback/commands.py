@@ -8,6 +8,7 @@ commands so that ``rlhf-persona --help`` stays fast.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -106,6 +107,11 @@ def export_cmd(
         help="preference: also pair each user's liked and disliked replies to different prompts "
         "(adds a rejected_prompt column; for reward models, not DPO).",
     ),
+    since: str | None = typer.Option(
+        None,
+        help="Only votes given from this UTC date or time on (ISO 8601, e.g. 2026-11-01 or "
+        "2026-11-01T12:00); older ones are reported as dropped.",
+    ),
     jsonl: bool = typer.Option(False, help="Also write OUT/data.jsonl."),
 ) -> None:
     """Export feedback as a Hugging Face dataset in TRL's format; print what was used and
@@ -116,17 +122,30 @@ def export_cmd(
         raise UserError(f"--out {out}: folder exists and is not empty")
     if across_prompts and fmt != "preference":
         raise UserError("--across-prompts applies to --format preference only")
-    extra = {"across_prompts": True} if across_prompts else {}
+    extra: dict = {"across_prompts": True} if across_prompts else {}
+    if since is not None:
+        extra["since"] = _parse_since(since)
     store = _open(db, config)
     try:
         dataset, report = export(store, fmt, conversational=conversational, **extra)
     finally:
         store.close()
+    if len(dataset) == 0:  # datasets writes an empty dataset that it cannot load again
+        _print_report(f"{fmt}: 0 rows", report)
+        raise UserError(f"nothing to export as {fmt}: no feedback row was usable (see above)")
     dataset.save_to_disk(str(out))
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     if jsonl:
         dataset.to_json(str(out / "data.jsonl"), lines=True)
     _print_report(f"{fmt}: {report['rows']} rows -> {out}", report)
+
+
+def _parse_since(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"--since {value!r}: not an ISO 8601 date or time") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def import_cmd(

@@ -18,7 +18,9 @@ store already). Rows are deduplicated; a pair the same user also gave the other 
 (e.g. a thumbs pair against a pairwise choice) is contradictory and dropped. Each function also
 returns a report: how many rows, from which source, and what was dropped and why.
 
-Pass ``conversational=True`` for TRL's conversational format (lists of chat messages).
+Pass ``conversational=True`` for TRL's conversational format (lists of chat messages), and
+``since`` (a datetime) to keep only votes given from then on (a window over recent tastes; older
+ones are reported as dropped ``before_since``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
@@ -46,14 +49,22 @@ def _segments_of(store: FeedbackStore, segments: Mapping[str, int] | None) -> Ma
     return store.current_segments() if segments is None else segments
 
 
-def _usable(rows: list[Any], dropped: Counter) -> list[Any]:
+def _usable(rows: list[Any], dropped: Counter, since: datetime | None = None) -> list[Any]:
+    since = _aware(since) if since is not None else None
     kept = []
     for row in rows:
         if not row.consent:
             dropped["no_consent"] += 1
+        elif since is not None and _aware(row.created_at) < since:
+            dropped["before_since"] += 1
         else:
             kept.append(row)
     return kept
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite gives back naive UTC datetimes, PostgreSQL aware ones.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _as_chat(role: str, text: str) -> list[dict[str, str]]:
@@ -82,11 +93,12 @@ def export_preference(
     *,
     conversational: bool = False,
     across_prompts: bool = False,
+    since: datetime | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Preference pairs (see the module docstring) and a report of what was used and dropped."""
     seg = _segments_of(store, segments)
     dropped: Counter = Counter()
-    rows = _usable(store.feedback_rows(["pairwise", "rating", "thumbs"]), dropped)
+    rows = _usable(store.feedback_rows(["pairwise", "rating", "thumbs"]), dropped, since)
     # (user, prompt, chosen, rejected) -> (margin, source, rejected's prompt); first source wins.
     pairs: dict[tuple[str, str, str, str], tuple[float, str, str]] = {}
 
@@ -192,12 +204,14 @@ def export_kto(
     *,
     conversational: bool = False,
     ratings: bool = False,
+    since: datetime | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """KTO rows from thumbs: label True for up, False for down (cleared thumbs are dropped).
     With ``ratings=True`` ratings count too: ≥ 4 desirable, ≤ 2 undesirable, 3 dropped."""
     seg = _segments_of(store, segments)
     dropped: Counter = Counter()
-    rows = _usable(store.feedback_rows(["thumbs", "rating"] if ratings else ["thumbs"]), dropped)
+    kinds = ["thumbs", "rating"] if ratings else ["thumbs"]
+    rows = _usable(store.feedback_rows(kinds), dropped, since)
     seen: set[tuple[str, str, str]] = set()
     used: Counter = Counter()
     columns: dict[str, list] = {k: [] for k in KTO_COLUMNS}
@@ -241,11 +255,12 @@ def export_ratings(
     segments: Mapping[str, int] | None = None,
     *,
     conversational: bool = False,
+    since: datetime | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """One row per current rating: prompt, completion, rating (1..5), user_id, segment_id."""
     seg = _segments_of(store, segments)
     dropped: Counter = Counter()
-    rows = _usable(store.feedback_rows(["rating"]), dropped)
+    rows = _usable(store.feedback_rows(["rating"]), dropped, since)
     seen: set[tuple[str, str, str]] = set()
     columns: dict[str, list] = {k: [] for k in RATINGS_COLUMNS}
     for row in rows:

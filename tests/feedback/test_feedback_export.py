@@ -4,6 +4,7 @@ the datasets load with ``datasets`` and train one step of TRL's DPO, KTO and rew
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 import pytest
 from datasets import load_from_disk
@@ -185,3 +186,46 @@ def test_kto_rows_from_ratings(filled):
     assert report["used"] == {"rating_high": 2, "rating_low": 3, "thumbs_up": 2,
                               "thumbs_down": 1}  # fmt: skip
     assert report["dropped"] == {"cleared_thumb": 1, "no_consent": 1}
+
+
+def test_since_keeps_only_the_latest_votes(sqlite_store):
+    """A window over recent tastes: votes given before ``since`` are dropped (and counted), in
+    every format; a vote changed inside the window counts with its new value."""
+    s = sqlite_store
+    s.upsert_user("u1")
+    old, new = "2026-01-01T10:00:00Z", "2026-02-01T10:00:00Z"
+    s.record_events([
+        event("old-up", "u1", "thumbs", 1, prompt=P, reply=OAT, created_at=old),
+        event("old-r", "u1", "rating", 5, prompt=P, reply="Toast.", created_at=old),
+        event("changed", "u1", "thumbs", 1, prompt=Q, reply="Sleep.", created_at=old),
+        event("new-down", "u1", "thumbs", -1, prompt=Q, reply="Sleep.", created_at=new),
+        event("new-r", "u1", "rating", 1, prompt=Q, reply="Work.", created_at=new),
+        event("new-up", "u1", "thumbs", 1, prompt=Q, reply="Walk.", created_at=new),
+    ])  # fmt: skip
+    since = datetime(2026, 1, 15, tzinfo=UTC)
+    kto, report = export_kto(s, ratings=True, since=since)
+    assert sorted((r["completion"], r["label"]) for r in kto) == [
+        ("Sleep.", False), ("Walk.", True), ("Work.", False)]  # fmt: skip
+    assert report["dropped"] == {"before_since": 2}
+    ratings, report = export_ratings(s, since=since)
+    assert [r["completion"] for r in ratings] == ["Work."] and report["dropped"] == {
+        "before_since": 1}  # fmt: skip
+    pairs, _ = export_preference(s, since=since)
+    assert [(r["chosen"], r["rejected"]) for r in pairs] == [("Walk.", "Sleep.")]
+    everything, _ = export_kto(s, ratings=True)
+    assert len(everything) == 5  # without a window: the two old votes too
+
+
+def test_export_cli_since(filled, tmp_path):
+    out = tmp_path / "o"
+    args = ["export", "--format", "kto", "--out", str(out), "--db", str(filled.url)]
+    result = CliRunner().invoke(app, [*args, "--since", "2026-01-01T00:00"])
+    assert result.exit_code == 0, result.output
+    assert load_from_disk(str(out)).num_rows > 0
+    empty = CliRunner().invoke(app, [*args[:4], str(tmp_path / "e"), *args[5:], "--since",
+                                     "2999-01-01"])  # fmt: skip
+    assert empty.exit_code != 0 and "before_since" in empty.output
+    assert "nothing to export as kto" in str(empty.exception)
+    bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "p"), *args[5:], "--since", "soon"])
+    assert bad.exit_code != 0
+    assert "--since 'soon': not an ISO 8601 date or time" in str(bad.exception)
