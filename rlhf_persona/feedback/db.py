@@ -105,6 +105,13 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(write=True)
 
 
+def sqlite_file(url: str | sa.URL) -> str | None:
+    """The database file of a SQLite URL; None for other databases and in-memory SQLite."""
+    parsed = sa.engine.make_url(url)
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return path if path and path != ":memory:" else None
+
+
 class WriteLock:
     """Serialises the write transactions on one SQLite file across threads and processes
     (``serve --workers N``, a training run beside the service). A waiting writer sleeps on a
@@ -113,9 +120,8 @@ class WriteLock:
     in-memory databases and systems without ``fcntl``; the busy timeout still applies there."""
 
     def __init__(self, url: str) -> None:
-        parsed = sa.engine.make_url(url)
-        path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-        self.path = Path(path + "-writer.lock") if path and path != ":memory:" else None
+        path = sqlite_file(url)
+        self.path = Path(path + "-writer.lock") if path else None
         self._threads = threading.Lock()
         self._fd: int | None = None
         _LOCKS.add(self)
@@ -149,6 +155,55 @@ class WriteLock:
 _LOCKS: weakref.WeakSet[WriteLock] = weakref.WeakSet()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: [lock._after_fork() for lock in list(_LOCKS)])
+
+
+class WalCheckpointer:
+    """Moves SQLite's WAL checkpoints off the write path (used by the service): the engine's
+    connections stop checkpointing when a commit crosses the threshold, and this thread runs a
+    PASSIVE checkpoint every ``interval_s`` instead, which neither waits for nor blocks writers.
+    Otherwise the commit that crosses it copies the whole WAL into the database while every
+    writer (all workers) waits: that doubled the p99 latency of feedback posts. A no-op for
+    PostgreSQL and in-memory databases."""
+
+    def __init__(self, engine: Engine, interval_s: float = 0.5) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.enabled = sqlite_file(engine.url) is not None
+        self.checkpoints = 0
+        self.last: tuple[int, int, int] | None = None  # (busy, WAL frames, frames checkpointed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        event.listen(self.engine, "connect", _no_autocheckpoint)
+        self.engine.dispose()  # pooled connections reopen without autocheckpoint
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+            self.checkpoint()
+            event.remove(self.engine, "connect", _no_autocheckpoint)
+            self.engine.dispose()  # the store's later connections checkpoint by themselves
+
+    def checkpoint(self) -> None:
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        self.last, self.checkpoints = tuple(row), self.checkpoints + 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.checkpoint()
+            except sa.exc.DBAPIError:  # e.g. another process checkpointing: next time
+                continue
+
+
+def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
 def describe_url(url: str) -> str:

@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from feedback_helpers import event
 
 from rlhf_persona.feedback import migrate
-from rlhf_persona.feedback.db import WriteLock, make_engine
+from rlhf_persona.feedback.db import WalCheckpointer, WriteLock, make_engine
 from rlhf_persona.feedback.errors import Conflict, Gone, NotFound
 from rlhf_persona.feedback.models import metadata
 from rlhf_persona.feedback.schemas import reply_id_for
@@ -309,3 +309,29 @@ def test_write_lock_is_a_no_op_where_there_is_no_file():
     assert WriteLock("postgresql+psycopg://u@localhost/db").path is None
     with WriteLock("sqlite://")():
         pass
+
+
+def test_wal_checkpoints_run_off_the_write_path(tmp_path):
+    """With the service's checkpointer, commits no longer checkpoint (autocheckpoint 0) and the
+    thread copies the WAL into the database in the background; after it stops, the store's
+    connections checkpoint by themselves again."""
+    store = FeedbackStore(tmp_path / "feedback.db")
+    checkpointer = WalCheckpointer(store.engine, interval_s=0.05)
+    try:
+        checkpointer.start()
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        store.upsert_user("alice")
+        store.record_events([event(f"c{i}", reply=f"Reply {i}.") for i in range(50)])
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        busy, frames, copied = checkpointer.last
+        assert busy == 0 and frames > 0 and copied == frames  # the whole WAL is in the db
+        checkpointer.stop()
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() > 0
+    finally:
+        checkpointer.stop()
+        store.close()
+    assert not WalCheckpointer(make_engine("sqlite://")).enabled

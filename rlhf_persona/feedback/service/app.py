@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
+from rlhf_persona.feedback.db import WalCheckpointer
 from rlhf_persona.feedback.schemas import FeedbackEventIn
 from rlhf_persona.feedback.service import errors
 from rlhf_persona.feedback.service.deps import ApiKeys
@@ -44,12 +45,15 @@ def create_app(
         own_store = store is None
         app.state.store = store or FeedbackStore(settings.database_url, hash_key=settings.hash_key)
         app.state.api_keys = ApiKeys(app.state.store, settings.api_key_cache_seconds)
+        app.state.checkpointer = WalCheckpointer(app.state.store.engine)
+        app.state.checkpointer.start()
         app.state.writer = BatchingWriter(app.state.store, settings.writer_max_events)
         app.state.writer.start()
         try:
             yield
         finally:
             app.state.writer.stop()
+            app.state.checkpointer.stop()
             if own_store:
                 app.state.store.close()
 
