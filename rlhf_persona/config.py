@@ -323,6 +323,11 @@ class LoopConfig(Section):
     continue_adapters: bool = Field(
         True, description="Each round continues training the previous round's adapters."
     )
+    kto_pairwise: bool = Field(
+        False,
+        description="KTO also learns from A/B choices: the chosen reply as desirable, the "
+        "other as undesirable (relative labels; thumbs and ratings of the same reply win).",
+    )
     feedback_window: int | None = Field(
         None,
         ge=1,

@@ -235,7 +235,10 @@ class Loop:
         algo = self.cfg.policy.algorithm
         since = self._since(r)
         if algo == "kto":  # every thumb and every clear rating is a KTO row
-            exported, _ = export_kto(self.store, assignments, ratings=True, since=since)
+            pairwise = self.cfg.loop.kto_pairwise
+            exported, _ = export_kto(
+                self.store, assignments, ratings=True, pairwise=pairwise, since=since
+            )
         else:
             exported, _ = export_preference(self.store, assignments, since=since)
         if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ("grpo", "rloo"):

@@ -204,39 +204,54 @@ def export_kto(
     *,
     conversational: bool = False,
     ratings: bool = False,
+    pairwise: bool = False,
     since: datetime | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """KTO rows from thumbs: label True for up, False for down (cleared thumbs are dropped).
-    With ``ratings=True`` ratings count too: ≥ 4 desirable, ≤ 2 undesirable, 3 dropped."""
+    With ``ratings=True`` ratings count too: ≥ 4 desirable, ≤ 2 undesirable, 3 dropped. With
+    ``pairwise=True`` an A/B choice gives its chosen reply as desirable and the other as
+    undesirable (TRL's ``unpair_preference_dataset`` reading); a reply the user also thumbed
+    or rated keeps that absolute label."""
     seg = _segments_of(store, segments)
     dropped: Counter = Counter()
     kinds = ["thumbs", "rating"] if ratings else ["thumbs"]
-    rows = _usable(store.feedback_rows(kinds), dropped, since)
+    rows = _usable(store.feedback_rows(kinds + (["pairwise"] if pairwise else [])), dropped, since)
+    rows.sort(key=lambda row: row.kind == "pairwise")  # absolute labels first (stable sort)
     seen: set[tuple[str, str, str]] = set()
     used: Counter = Counter()
     columns: dict[str, list] = {k: [] for k in KTO_COLUMNS}
     for row in rows:
-        label, source, drop = _kto_label(row)
-        if label is None:
+        labelled, drop = _kto_labels(row)
+        if drop:
             dropped[drop] += 1
-            continue
-        key = (row.user_id, row.prompt, row.reply)
-        if key in seen:
-            dropped["duplicate"] += 1
-            continue
-        seen.add(key)
-        used[source] += 1
-        columns["prompt"].append(_as_chat("user", row.prompt) if conversational else row.prompt)
-        columns["completion"].append(
-            _as_chat("assistant", row.reply) if conversational else row.reply
-        )
-        columns["label"].append(label)
-        columns["user_id"].append(row.user_id)
-        columns["segment_id"].append(int(seg.get(row.user_id, NO_SEGMENT)))
+        for reply, label, source in labelled:
+            key = (row.user_id, row.prompt, reply)
+            if key in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add(key)
+            used[source] += 1
+            columns["prompt"].append(_as_chat("user", row.prompt) if conversational else row.prompt)
+            columns["completion"].append(_as_chat("assistant", reply) if conversational else reply)
+            columns["label"].append(label)
+            columns["user_id"].append(row.user_id)
+            columns["segment_id"].append(int(seg.get(row.user_id, NO_SEGMENT)))
     features = {"prompt": "text", "completion": "text", "label": "bool", "user_id": "string",
                 "segment_id": "int32"}  # fmt: skip
     dataset = _dataset(columns, features, conversational)
     return dataset, _report("kto", len(dataset), used, dropped)
+
+
+def _kto_labels(row: Any) -> tuple[list[tuple[str, bool, str]], str]:
+    """([(reply, label, source), ...], why dropped) of a thumbs, rating or pairwise row."""
+    if row.kind == "pairwise":
+        if row.value == 0:
+            return [], "pairwise_tie"
+        chosen, rejected = (row.reply, row.other_reply) if row.value > 0 else (
+            row.other_reply, row.reply)  # fmt: skip
+        return [(chosen, True, "pairwise_chosen"), (rejected, False, "pairwise_rejected")], ""
+    label, source, drop = _kto_label(row)
+    return ([] if label is None else [(row.reply, label, source)]), drop
 
 
 def _kto_label(row: Any) -> tuple[bool | None, str, str]:

@@ -229,3 +229,18 @@ def test_export_cli_since(filled, tmp_path):
     bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "p"), *args[5:], "--since", "soon"])
     assert bad.exit_code != 0
     assert "--since 'soon': not an ISO 8601 date or time" in str(bad.exception)
+
+
+def test_kto_rows_from_pairwise_choices(filled):
+    """An A/B choice gives a desirable and an undesirable row; a reply the same user also rated
+    keeps the rating's label (the choice's rows count as duplicates)."""
+    kto, report = export_kto(filled, pairwise=True)
+    on_p = sorted((r["user_id"], r["completion"], r["label"]) for r in kto if r["prompt"] == P)
+    assert on_p == [("u1", OAT, True), ("u1", "Toast.", False),
+                    ("u2", OAT, False), ("u2", "Toast.", True)]  # fmt: skip
+    assert report["used"]["pairwise_chosen"] == 2 and report["used"]["pairwise_rejected"] == 2
+    with_ratings, report = export_kto(filled, ratings=True, pairwise=True)
+    rated = sorted((r["user_id"], r["completion"], r["label"]) for r in with_ratings
+                   if r["prompt"] == P)  # fmt: skip
+    assert ("u2", OAT, True) in rated and ("u2", OAT, False) not in rated  # the 5 wins
+    assert "pairwise_chosen" not in report["used"] and report["dropped"]["duplicate"] >= 4
