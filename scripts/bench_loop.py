@@ -1,7 +1,7 @@
 """Rerun the quickstart loop from scratch and print its acceptance figures as a final JSON line.
 
     python scripts/bench_loop.py                      # configs/quickstart.yaml
-    python scripts/bench_loop.py --set population.name=drift --set loop.rounds=4
+    python scripts/bench_loop.py --config configs/drift.yaml     # drifting tastes, 4 rounds
 
 Keys: ``wall_s`` (the loop, model build excluded), ``stage_s`` (stage → seconds, summed over
 rounds, and per round), ``thumbs_up`` (segment → base / global / personalized, last round),
