@@ -261,6 +261,12 @@ class PolicyConfig(Section):
     beta: float = Field(
         0.1, ge=0, description="KL strength to the base policy (DPO/KTO β; GRPO/RLOO KL coef)."
     )
+    reference: Literal["previous", "base"] = Field(
+        "previous",
+        description="DPO/KTO reference policy when an adapter is trained further (loop."
+        "continue_adapters): previous = the adapter as it was (TRL's default; the drift from "
+        "the base adds up over rounds), base = the base model (the KL stays anchored).",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")

@@ -338,3 +338,24 @@ def test_adapter_of_another_model_is_a_clear_error(tmp_path, tiny_test_path):
     model, _ = load_base(str(tiny_test_path))
     with pytest.raises(UserError, match="does not fit the base model .*Start a new run"):
         load_adapter(model, tmp_path / "adapter", spec="embedded:tiny-test")
+
+
+@pytest.mark.parametrize("reference", ["previous", "base"])
+@pytest.mark.parametrize("algorithm", ["dpo", "kto"])
+def test_reference_of_a_continued_adapter(algorithm, reference, data, trained, tmp_path):
+    """Training a saved adapter further, TRL's reference is a frozen copy of it ("previous");
+    ``policy.reference: base`` makes that copy the identity, i.e. the base model."""
+    from rlhf_persona.policy import dpo, kto
+    from rlhf_persona.policy.common import load_adapter, load_base
+    from rlhf_persona.policy.train import _format
+
+    module = {"dpo": dpo, "kto": kto}[algorithm]
+    model, tokenizer = load_base(SPEC, "cpu", False, None)
+    model = load_adapter(model, trained.adapter_path("segment_0"), trainable=True, spec=SPEC)
+    rows = _format(data.filter(lambda r: r["segment_id"] == 0), module, tokenizer)
+    cfg = _cfg(steps=1, reference=reference)
+    trainer = module.train(model, tokenizer, rows, cfg, tmp_path, device="cpu", bf16=False, seed=0)
+    ref_b = [p for n, p in trainer.model.named_parameters() if ".ref." in n and "lora_B" in n]
+    assert ref_b  # TRL made the frozen copy
+    norm = float(sum(p.detach().norm() for p in ref_b))
+    assert (norm == 0.0) if reference == "base" else (norm > 0.0)

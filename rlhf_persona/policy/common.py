@@ -161,13 +161,30 @@ def trainer_args(
     )
 
 
-def run_trainer(trainer):
-    """Train without TRL's per-step printouts (the round's progress bar reports progress)."""
+def run_trainer(trainer, anchor_base: bool = False):
+    """Train without TRL's per-step printouts (the round's progress bar reports progress).
+    ``anchor_base``: see ``anchor_reference_at_base``."""
     from transformers.trainer_callback import PrinterCallback
 
+    if anchor_base:
+        anchor_reference_at_base(trainer.model)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     return trainer
+
+
+def anchor_reference_at_base(model) -> bool:
+    """When an adapter is trained further (the loop continues last round's adapters), TRL's
+    DPO/KTO take a frozen copy of it, the "ref" adapter, as the reference policy: each round's
+    KL budget starts from the last round's policy, so the drift from the base adds up over
+    rounds. Zeroing the copy's LoRA B matrices makes it the identity, i.e. the reference is the
+    base model again. Returns whether there was such a copy."""
+    found = False
+    for name, param in model.named_parameters():
+        if ".ref." in name and "lora_B" in name:
+            param.data.zero_()
+            found = True
+    return found
 
 
 def text_of(item: Any) -> str:

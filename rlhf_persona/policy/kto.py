@@ -45,4 +45,4 @@ def train(
         processing_class=tokenizer,
         peft_config=lora_config(cfg, model),
     )
-    return run_trainer(trainer)
+    return run_trainer(trainer, anchor_base=cfg.reference == "base")
