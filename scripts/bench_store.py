@@ -171,8 +171,9 @@ async def http_batch(port: int, key: str, events: list[dict], clients: int = 2) 
 
     async def worker() -> None:
         while queue:
+            body = queue.pop()  # before the first await: the other uploaders share the queue
             conn = await Connection("127.0.0.1", port).open()
-            status, body = await conn.post("/v1/feedback/batch", queue.pop(), key)
+            status, body = await conn.post("/v1/feedback/batch", body, key)
             conn.close()
             counts = orjson.loads(body)["counts"]
             assert status == 200 and counts.get("created") == BATCH, (status, counts)

@@ -312,11 +312,11 @@ def test_write_lock_is_a_no_op_where_there_is_no_file():
 
 
 def test_wal_checkpoints_run_off_the_write_path(tmp_path):
-    """With the service's checkpointer, commits no longer checkpoint (autocheckpoint 0) and the
-    thread copies the WAL into the database in the background; after it stops, the store's
-    connections checkpoint by themselves again."""
+    """With the service's checkpointer, commits no longer checkpoint (autocheckpoint 0), the
+    thread copies the WAL into the database in the background and restarts it once it is long;
+    after it stops, the store's connections checkpoint by themselves again."""
     store = FeedbackStore(tmp_path / "feedback.db")
-    checkpointer = WalCheckpointer(store.engine, interval_s=0.05)
+    checkpointer = WalCheckpointer(store.engine, store._write_lock, 0.05, restart_frames=1)
     try:
         checkpointer.start()
         with store.engine.connect() as conn:
@@ -327,7 +327,8 @@ def test_wal_checkpoints_run_off_the_write_path(tmp_path):
         while checkpointer.checkpoints < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         busy, frames, copied = checkpointer.last
-        assert busy == 0 and frames > 0 and copied == frames  # the whole WAL is in the db
+        assert busy == 0 and copied == frames  # the whole WAL is in the database
+        assert checkpointer.restarts >= 1  # and the WAL started over (under the write lock)
         checkpointer.stop()
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() > 0
