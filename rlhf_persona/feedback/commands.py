@@ -8,7 +8,7 @@ commands so that ``rlhf-persona --help`` stays fast.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -141,11 +141,12 @@ def export_cmd(
 
 
 def _parse_since(value: str) -> datetime:
+    from rlhf_persona.feedback.models import as_utc
+
     try:
-        parsed = datetime.fromisoformat(value)
+        return as_utc(datetime.fromisoformat(value))
     except ValueError:
         raise UserError(f"--since {value!r}: not an ISO 8601 date or time") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def import_cmd(

@@ -28,9 +28,11 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
+
+from rlhf_persona.feedback.models import as_utc
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -50,21 +52,16 @@ def _segments_of(store: FeedbackStore, segments: Mapping[str, int] | None) -> Ma
 
 
 def _usable(rows: list[Any], dropped: Counter, since: datetime | None = None) -> list[Any]:
-    since = _aware(since) if since is not None else None
+    since = as_utc(since) if since is not None else None
     kept = []
     for row in rows:
         if not row.consent:
             dropped["no_consent"] += 1
-        elif since is not None and _aware(row.created_at) < since:
+        elif since is not None and as_utc(row.created_at) < since:
             dropped["before_since"] += 1
         else:
             kept.append(row)
     return kept
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite gives back naive UTC datetimes, PostgreSQL aware ones.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _as_chat(role: str, text: str) -> list[dict[str, str]]:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
 
 from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
-from rlhf_persona.feedback.models import utcnow
+from rlhf_persona.feedback.models import as_utc, utcnow
 from rlhf_persona.feedback.privacy import mask_pii
 from rlhf_persona.feedback.schemas import FeedbackEventIn, first_error, prompt_hash, reply_id_for
 
@@ -163,9 +163,7 @@ class _Sql:
         return self._last_text
 
     def ts_in(self, value: Any) -> datetime:
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        return as_utc(value if isinstance(value, datetime) else datetime.fromisoformat(value))
 
     def json(self, value: Any) -> Any:
         if value is None:

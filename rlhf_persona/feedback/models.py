@@ -53,6 +53,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A naive datetime read as UTC (SQLite gives timestamps back naive, PostgreSQL aware)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 # Named constraints, so that later migrations can alter them (SQLite batch mode needs names).
 NAMING = {
     "ix": "ix_%(column_0_label)s",

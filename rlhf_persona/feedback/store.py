@@ -119,7 +119,7 @@ class FeedbackStore:
         self.url = resolve_url(url_or_path)
         self.engine = make_engine(self.url)
         self._writer = writer(self.engine)
-        self._write_lock = WriteLock(self.url)
+        self.write_lock = WriteLock(self.url)  # shared with the service's WAL checkpointer
         self.dialect = self.engine.dialect.name
         self.hasher = KeyedHasher(hash_key)
         self.batch_size = batch_size
@@ -138,7 +138,7 @@ class FeedbackStore:
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self.engine.dispose()
-        self._write_lock.close()
+        self.write_lock.close()
 
     def __enter__(self) -> FeedbackStore:
         return self
@@ -152,7 +152,7 @@ class FeedbackStore:
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
         """A write transaction: committed on success, rolled back on an exception."""
-        with self._write_lock(), self._writer.begin() as conn:
+        with self.write_lock(), self._writer.begin() as conn:
             yield conn
 
     def _insert(self, table: sa.Table) -> Any:

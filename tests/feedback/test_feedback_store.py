@@ -293,7 +293,7 @@ def test_sqlite_writers_in_other_processes_queue_on_the_write_lock(tmp_path):
     try:
         with store.transaction() as conn:  # holds the write lock
             conn.execute(sa.text("SELECT 1"))
-            child = ctx.Process(target=_take_lock_and_report, args=(store._write_lock, times))
+            child = ctx.Process(target=_take_lock_and_report, args=(store.write_lock, times))
             child.start()
             child.join(1.0)
             assert child.is_alive() and times.empty()  # still waiting for the lock
@@ -316,7 +316,7 @@ def test_wal_checkpoints_run_off_the_write_path(tmp_path):
     thread copies the WAL into the database in the background and restarts it once it is long;
     after it stops, the store's connections checkpoint by themselves again."""
     store = FeedbackStore(tmp_path / "feedback.db")
-    checkpointer = WalCheckpointer(store.engine, store._write_lock, 0.05, restart_frames=1)
+    checkpointer = WalCheckpointer(store.engine, store.write_lock, 0.05, restart_frames=1)
     try:
         checkpointer.start()
         with store.engine.connect() as conn:

@@ -45,9 +45,7 @@ def create_app(
         own_store = store is None
         app.state.store = store or FeedbackStore(settings.database_url, hash_key=settings.hash_key)
         app.state.api_keys = ApiKeys(app.state.store, settings.api_key_cache_seconds)
-        app.state.checkpointer = WalCheckpointer(
-            app.state.store.engine, app.state.store._write_lock
-        )
+        app.state.checkpointer = WalCheckpointer(app.state.store.engine, app.state.store.write_lock)
         app.state.checkpointer.start()
         app.state.writer = BatchingWriter(app.state.store, settings.writer_max_events)
         app.state.writer.start()
