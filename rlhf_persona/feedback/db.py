@@ -34,6 +34,7 @@ DATABASE_URL_ENV = "RLHF_PERSONA_DATABASE_URL"
 DEFAULT_SQLITE_FILE = "feedback.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_WAL_CHECKPOINT_PAGES = 10_000
+SQLITE_CACHE_KIB = 65_536  # per connection, used as pages are read
 
 
 def resolve_url(
@@ -90,6 +91,9 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         # Checkpoint the WAL every ~40 MB instead of ~4 MB: index pages that many commits touch
         # are copied to the database once per checkpoint, so fewer checkpoints write less.
         cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_PAGES}")
+        # Index pages of a growing store (random reply ids) outgrow the 2 MiB default cache
+        # (a cache lasts while no other process commits: SQLite empties it when one has).
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -157,18 +157,19 @@ class FeedbackCurrent(Base):
     """One row per (user, reply, other reply, kind): which event holds the current value.
 
     Keyed by that tuple (a WITHOUT ROWID table on SQLite: one B-tree, no extra unique index),
-    since this table is written once per event on the hot path. Pairwise keys are stored in
-    canonical order (smaller reply pk first) so that "A vs B" and "B vs A" by the same user are
-    one choice; ``other_key`` is 0 without a pair. No foreign key to the event (its check and
-    index were most of the write's cost): the store writes a row in its event's transaction and
-    deletes it before the event (``delete_user``).
+    since this table is written once per event on the hot path; reply first, so that the rows
+    of new replies (growing pks) are appended rather than spread over every user's pages.
+    Pairwise keys are stored in canonical order (smaller reply pk first) so that "A vs B" and
+    "B vs A" by the same user are one choice; ``other_key`` is 0 without a pair. No foreign
+    key to the event (its check and index were most of the write's cost): the store writes a
+    row in its event's transaction and deletes it before the event (``delete_user``).
     """
 
     __tablename__ = "feedback_current"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    user_pk: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     reply_pk: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    user_pk: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     other_key: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
     event_pk: Mapped[int] = mapped_column(BigId)

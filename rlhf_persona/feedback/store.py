@@ -404,6 +404,19 @@ class FeedbackStore:
             return bool(self._tombstoned(conn, hashes))
 
     # -- privacy: deletion --------------------------------------------------------------------
+    @staticmethod
+    def _delete_current_of(user_pk: int) -> sa.Delete:
+        """The user's current-value rows, found through their events (the table is keyed reply
+        first; a row's reply is its event's reply or, for a pair, possibly the other one)."""
+        events = sa.select(feedback_events.c.reply_pk).where(feedback_events.c.user_pk == user_pk)
+        others = sa.select(feedback_events.c.other_reply_pk).where(
+            feedback_events.c.user_pk == user_pk, feedback_events.c.other_reply_pk.is_not(None)
+        )
+        return feedback_current.delete().where(
+            feedback_current.c.reply_pk.in_(events.union(others)),
+            feedback_current.c.user_pk == user_pk,
+        )
+
     def delete_user(self, user_id: str) -> dict[str, int]:
         """Delete a user's profile, feedback, segment assignments and chats; keep a tombstone
         (keyed hashes of the user id and external id) so that re-imports skip them. Replies
@@ -417,7 +430,7 @@ class FeedbackStore:
                     sa.select(reply_views.c.reply_pk).where(reply_views.c.user_pk == pk)
                 ).scalars()
             )
-            conn.execute(feedback_current.delete().where(feedback_current.c.user_pk == pk))
+            conn.execute(self._delete_current_of(pk))
             counts = {
                 "events": conn.execute(
                     feedback_events.delete().where(feedback_events.c.user_pk == pk)

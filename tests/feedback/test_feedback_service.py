@@ -240,3 +240,21 @@ def test_openapi_docs(service):
         "FeedbackEventIn"
     )
     assert "FeedbackEventIn" in spec["components"]["schemas"]
+
+
+def test_served_worker_collects_cycles_less_often(tmp_path, monkeypatch):
+    """The factory uvicorn runs in each worker freezes the start-up objects and raises the
+    gen-0 threshold (the cycle collector was a tenth of the batch path's CPU)."""
+    import gc
+
+    from rlhf_persona.feedback.service.app import GC_THRESHOLDS, app_from_env
+
+    monkeypatch.setenv("RLHF_PERSONA_DATABASE_URL", f"sqlite:///{tmp_path / 'f.db'}")
+    before = gc.get_threshold()
+    try:
+        assert app_from_env().routes  # the app is built as usual
+        assert gc.get_threshold() == GC_THRESHOLDS != before
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -42,8 +42,9 @@ def test_migrations_upgrade_match_models_and_downgrade(db_url):
 
 
 def test_upgrade_from_the_first_schema_keeps_current_values(db_url):
-    """0002 rebuilds feedback_current without its event foreign key: the rows survive, the
-    history and vote changes read the same, and a downgrade puts the key back."""
+    """0002 rebuilds feedback_current without its event foreign key and 0003 keys it reply
+    first: the rows survive, the history and vote changes read the same, deletion finds them,
+    and downgrades put the old key order and the foreign key back."""
     engine = make_engine(db_url)
     try:
         migrate.upgrade(engine, "0001")
@@ -64,6 +65,8 @@ def test_upgrade_from_the_first_schema_keeps_current_values(db_url):
                                  " '2026-01-02', '2026-01-02')"))  # fmt: skip
         migrate.upgrade(engine)
         assert sa.inspect(engine).get_foreign_keys("feedback_current") == []
+        key = sa.inspect(engine).get_pk_constraint("feedback_current")["constrained_columns"]
+        assert key == ["reply_pk", "user_pk", "other_key", "kind"]  # 0003: reply first
         store = FeedbackStore(db_url, hash_key="k")
         try:
             assert [e["value"] for e in store.events()] == [-1]
@@ -71,6 +74,9 @@ def test_upgrade_from_the_first_schema_keeps_current_values(db_url):
             assert store.delete_user("alice")["events"] == 2
         finally:
             store.close()
+        migrate.downgrade(engine, "0002")
+        key = sa.inspect(engine).get_pk_constraint("feedback_current")["constrained_columns"]
+        assert key == ["user_pk", "reply_pk", "other_key", "kind"]
         migrate.downgrade(engine, "0001")
         fks = sa.inspect(engine).get_foreign_keys("feedback_current")
         assert [fk["referred_table"] for fk in fks] == ["feedback_events"]
@@ -201,11 +207,17 @@ def test_delete_user_removes_feedback_and_tombstone_blocks_return(store):
     store.upsert_user(external_id="bob-crm-17", profile={"age_band": "65+"})
     bob = store.hasher.pseudonym("bob-crm-17")
     store.record_events([event("a1"), event("b1", user_id=bob, value=-1)])
+    # a pair whose chosen reply is the newer one: its current row is keyed by the other reply
+    older, newer = (store.add_reply("Tea or coffee?", text) for text in ("Tea.", "Coffee."))
+    store.record_events([{"event_id": "b2", "user_id": bob, "kind": "pairwise", "value": 1,
+                          "reply_id": newer, "other_reply_id": older}])  # fmt: skip
     store.add_reply("Private question from Bob?", "Answer.", user_id=bob, conversation_id="c9")
     store.write_segments("run1", [("alice", 0, 0.9), (bob, 1, 0.8)])
+    assert store.counts()["current"] == 3
 
     removed = store.delete_user(bob)
-    assert removed == {"events": 1, "segment_assignments": 1, "replies": 1}
+    assert removed == {"events": 2, "segment_assignments": 1, "replies": 1}
+    assert store.counts()["current"] == 1  # alice's thumb: bob's current values went too
     assert [u["user_id"] for u in store.users()] == ["alice"]
     assert [e["user_id"] for e in store.events()] == ["alice"]
     assert store.current_segments() == {"alice": 0}
