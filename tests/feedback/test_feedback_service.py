@@ -181,6 +181,8 @@ def test_422_names_the_field(client):
     _error(client.post("/v1/users", json={"profile": {"n": "a\x00b"}}), 422, "profile")
     _error(client.post("/v1/feedback", content=b"{not json",
                        headers={"Content-Type": "application/json"}), 422, "body")  # fmt: skip
+    _error(client.post("/v1/feedback/batch", content=b'{"events": [',
+                       headers={"Content-Type": "application/json"}), 422, "body")  # fmt: skip
     _error(client.post("/v1/feedback/batch", json={"events": 3}), 422, "events")
     too_many = {"events": [event(f"svc-m{i}", user_id="svc-422") for i in range(101)]}
     _error(client.post("/v1/feedback/batch", json=too_many), 422, "events")
@@ -258,3 +260,37 @@ def test_served_worker_collects_cycles_less_often(tmp_path, monkeypatch):
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_writer_parses_on_its_thread_and_answers_a_bad_batch_alone(sqlite_store):
+    """A batch handed over as a parse function is parsed on the writer's thread (off the event
+    loop, before the write lock); its error reaches its own request, and the batch committed
+    with it is stored."""
+    import threading
+
+    from rlhf_persona.feedback.service.writer import BatchingWriter
+
+    sqlite_store.upsert_user("alice")
+    writer = BatchingWriter(sqlite_store)
+    parsed_on = []
+
+    def good():
+        parsed_on.append(threading.current_thread().name)
+        return [event("w1")]
+
+    def bad():
+        raise ValueError("events: not a list")
+
+    async def both():
+        return await asyncio.gather(writer.submit(good), writer.submit(bad),
+                                    return_exceptions=True)  # fmt: skip
+
+    writer.start()
+    try:
+        ok, failed = asyncio.run(both())
+    finally:
+        writer.stop()
+    assert parsed_on == ["feedback-writer"]
+    assert [r.status for r in ok] == ["created"]
+    assert isinstance(failed, ValueError) and "not a list" in str(failed)
+    assert sqlite_store.counts()["events"] == 1

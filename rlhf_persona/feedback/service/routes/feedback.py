@@ -2,7 +2,8 @@
 
 Writes go through the app's ``BatchingWriter`` (group commit), so concurrent single posts share
 transactions. The single-event route is kept lean: an async handler, an async key check, the
-body validated once by FastAPI, and the response serialised by orjson.
+body validated once by FastAPI, and the response serialised by orjson. A batch is parsed on
+the writer's thread (see ``writer.py``).
 """
 
 from __future__ import annotations
@@ -96,36 +97,46 @@ async def post_batch(request: Request) -> JSON:
     """Record many events in one request: one result per event, in order, each with its own
     status (``created``/``updated``/``duplicate``/``error`` with message and field)."""
     await _collector(request)
-    events = _parse_batch(await request.body(), request.app.state.settings.max_batch_events)
-    if isinstance(events, JSON):
-        return events
-    results = await request.app.state.writer.submit(events) if events else []
+    body, limit = await request.body(), request.app.state.settings.max_batch_events
+    try:  # parsed on the writer's thread (see writer.py)
+        results = await request.app.state.writer.submit(lambda: parse_batch(body, limit))
+    except InvalidBatch as exc:
+        return JSON(error_body(f"{exc.field}: {exc.message}", exc.field), 422)
     counts = Counter(result.status for result in results)
     return JSON({"results": results, "counts": dict(counts)})  # orjson writes the dataclasses
 
 
-def _parse_batch(body: bytes, max_events: int) -> list[Any] | JSON:
+class InvalidBatch(Exception):
+    """The batch as a whole is malformed (``field`` names what), not one of its events."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def parse_batch(body: bytes, max_events: int) -> list[Any]:
     """Valid batches are parsed and validated in one pass (pydantic's JSON parser); otherwise
     the envelope is checked here and each event is validated, and answered, on its own."""
     try:
         events: list[Any] = _Batch.model_validate_json(body).events
     except ValidationError:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _invalid("body", f"not valid JSON: {exc}")
-        if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-            return _invalid("events", 'expected an object {"events": [...]} with a list')
-        if extra := sorted(set(data) - {"events"}):
-            return _invalid(extra[0], "unexpected field")
-        events = data["events"]
+        events = _envelope(body)
     if len(events) > max_events:
-        return _invalid("events", f"at most {max_events} events per batch, got {len(events)}")
+        raise InvalidBatch("events", f"at most {max_events} events per batch, got {len(events)}")
     return events
 
 
-def _invalid(field: str, message: str) -> JSON:
-    return JSON(error_body(f"{field}: {message}", field), 422)
+def _envelope(body: bytes) -> list[Any]:
+    """The events of a batch with invalid events, as dicts; the envelope must be right."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBatch("body", f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+        raise InvalidBatch("events", 'expected an object {"events": [...]} with a list')
+    if extra := sorted(set(data) - {"events"}):
+        raise InvalidBatch(extra[0], "unexpected field")
+    return data["events"]
 
 
 @router.get("", response_model=EventPage, dependencies=[Depends(collector)])
