@@ -288,9 +288,9 @@ def _write(
     items = _drop_seen(sql, items, results, fail)
     if not items:
         return []
-    _insert_replies(sql, items)
+    fresh = _insert_replies(sql, items)
     items = _insert_events(sql, items, results, fail)
-    statuses = _update_current(sql, items)
+    statuses = _update_current(sql, items, fresh)
     return [(it, statuses[it.index]) for it in items]
 
 
@@ -361,7 +361,12 @@ def _resolve_users(store, sql: _Sql, items: list[_Item], create: bool, fail) -> 
 
 
 def _resolve_replies(sql: _Sql, items: list[_Item], fail: Callable) -> list[_Item]:
-    wanted = sorted({it.reply_id for it in items} | {it.other_reply_id for it in items} - {None})
+    """Look up the replies given by id only (those given as texts are created or found by
+    ``_insert_replies``: their content id fixes their prompt)."""
+    wanted = sorted(
+        {it.reply_id for it in items if it.ev.reply is None}
+        | {it.other_reply_id for it in items if it.ev.other_reply is None} - {None}
+    )
     query = "SELECT id, reply_id, prompt_hash FROM replies WHERE reply_id IN ({marks})"
     known = {rid: (pk, phash) for pk, rid, phash in sql.select_in(query, wanted)}
     kept = []
@@ -417,8 +422,9 @@ def _drop_seen(sql: _Sql, items: list[_Item], results: list, fail: Callable) -> 
     return kept
 
 
-def _insert_replies(sql: _Sql, items: list[_Item]) -> None:
-    """Create the replies given as text that do not exist yet; fill in every item's pks."""
+def _insert_replies(sql: _Sql, items: list[_Item]) -> set[int]:
+    """Create the replies given as text that do not exist yet and fill in every item's pks;
+    returns the pks created here (no current value can point at those yet)."""
     new: dict[str, tuple] = {}
     now = sql.ts(utcnow())
     for it in items:
@@ -428,23 +434,32 @@ def _insert_replies(sql: _Sql, items: list[_Item]) -> None:
             if rid is not None and not pk and rid not in new:
                 new[rid] = (rid, it.prompt_hash, ev.prompt, text, ev.policy, ev.segment, now)
     if not new:
-        return
-    sql.many(
-        "INSERT INTO replies (reply_id, prompt_hash, prompt, text, policy, segment, created_at)"
-        " VALUES (?,?,?,?,?,?,?) ON CONFLICT (reply_id) DO NOTHING",
-        list(new.values()),
+        return set()
+    pks = dict(
+        sql.insert_values(
+            "INSERT INTO replies (reply_id, prompt_hash, prompt, text, policy, segment,"
+            " created_at) VALUES {marks} ON CONFLICT (reply_id) DO NOTHING RETURNING reply_id, id",
+            list(new.values()),
+        )
     )
-    query = "SELECT reply_id, id FROM replies WHERE reply_id IN ({marks})"
-    pks = dict(sql.select_in(query, list(new)))
+    fresh = set(pks.values())
+    if len(pks) < len(new):  # stored before (or by a concurrent writer): look them up
+        query = "SELECT reply_id, id FROM replies WHERE reply_id IN ({marks})"
+        pks.update(sql.select_in(query, [rid for rid in new if rid not in pks]))
     for it in items:
         it.reply_pk = it.reply_pk or pks[it.reply_id]
         if it.other_reply_id is not None and not it.other_pk:
             it.other_pk = pks[it.other_reply_id]
+    return fresh
 
 
-def _update_current(sql: _Sql, items: list[_Item]) -> dict[int, tuple[Status, str | None]]:
-    """Point each (user, reply, other, kind) at its latest event; returns index -> status."""
-    keys = sorted({it.current_key() for it in items})
+def _update_current(
+    sql: _Sql, items: list[_Item], fresh: set[int]
+) -> dict[int, tuple[Status, str | None]]:
+    """Point each (user, reply, other, kind) at its latest event; returns index -> status.
+    Keys with a reply created in this transaction (``fresh``) have no current value yet."""
+    keys = sorted({k for it in items if (k := it.current_key())[1] not in fresh
+                   and k[2] not in fresh})  # fmt: skip
     query = (
         "WITH k (u, r, o, kd) AS (VALUES {marks})"
         " SELECT c.user_pk, c.reply_pk, c.other_key, c.kind, c.created_at"
