@@ -222,12 +222,21 @@ def _service_pids(pid: int, workers: int, timeout: float = 30.0) -> list[int]:
         return [pid]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        # multiprocessing's resource tracker is a child too; it serves nothing
+        children = [c for c in children if b"resource_tracker" not in _cmdline(c)]
         if len(children) >= workers:
             time.sleep(3)  # /healthz answered from one worker; give the others time to start
-            return [int(c) for c in children]
+            return children
         time.sleep(0.1)
     raise RuntimeError(f"uvicorn started {len(children)} of {workers} workers")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:  # gone already
+        return b"resource_tracker"
 
 
 def bench_http(tmp: Path, batch_runs: list[list[dict]], single_events: list[dict],
