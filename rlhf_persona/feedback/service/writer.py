@@ -81,19 +81,20 @@ class BatchingWriter:
             job = self._queue.get()
             if job is _STOP:
                 break
-            jobs = [job] if self._parsed(job) else []
-            size = sum(len(job.events) for job in jobs)
-            while size < self.max_events:
+            jobs, size = [], 0
+            while True:  # this job and whatever else is queued, up to max_events
+                if self._parsed(job):
+                    jobs.append(job)
+                    size += len(job.events)
+                if size >= self.max_events:
+                    break
                 try:
-                    nxt = self._queue.get_nowait()
+                    job = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP:
+                if job is _STOP:
                     stopping = True
                     break
-                if self._parsed(nxt):
-                    jobs.append(nxt)
-                    size += len(nxt.events)
             if jobs:
                 self._write(jobs)
 
