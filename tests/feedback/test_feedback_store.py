@@ -291,6 +291,51 @@ def test_concurrent_writers_store_each_event_once(store):
     assert store.counts()["events"] == 200 and store.counts()["current"] == 200
 
 
+def test_each_event_points_at_its_own_replies_after_deletes_and_racing_writers(store):
+    """New rows' ids are read back per batch (on SQLite: the rows past the largest id, under
+    the write lock). After the newest rows were deleted, and with writers racing in threads,
+    every event still points at its own reply and every pairwise one at its own other reply."""
+    store.upsert_user("bob")
+    store.record_events([event(f"bob{i}", "bob", reply=f"Bob's reply {i}.") for i in range(30)])
+    store.delete_user("bob")  # the events and replies with the largest ids go
+    store.upsert_user("alice")
+    prompt = event("x")["prompt"]
+    errors = []
+
+    def worker(w: int) -> None:
+        try:
+            for start in range(0, 60, 20):
+                batch = [
+                    event(f"w{w}-{i}", reply=f"W{w} reply {i}.")
+                    if i % 3
+                    else event(
+                        f"w{w}-{i}",
+                        kind="pairwise",
+                        reply=f"W{w} reply {i}.",
+                        other_reply=f"W{w} other {i}.",
+                    )  # fmt: skip
+                    for i in range(start, start + 20)
+                ]
+                assert {r.status for r in store.record_events(batch)} == {"created"}
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    stored = store.events(history=True)
+    assert len(stored) == 4 * 60
+    for ev in stored:
+        w, i = ev["event_id"][1:].split("-")
+        assert ev["reply_id"] == reply_id_for(prompt, f"W{w} reply {i}.")
+        assert store.get_reply(ev["reply_id"])["reply"] == f"W{w} reply {i}."
+        if ev["kind"] == "pairwise":
+            assert ev["other_reply_id"] == reply_id_for(prompt, f"W{w} other {i}.")
+
+
 def _take_lock_and_report(lock, times) -> None:
     with lock():
         times.put(time.monotonic())
