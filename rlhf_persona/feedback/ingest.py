@@ -136,28 +136,34 @@ class _Sql:
             out.extend(self.run(sql.format(marks=marks), tuple(params)).fetchall())
         return out
 
-    def insert_new(self, table: str, columns: str, key: str, rows: list[tuple]) -> dict:
+    def insert_new(
+        self, table: str, columns: str, key: str, rows: list[tuple], *, per_row: bool = False
+    ) -> dict:
         """Insert ``rows`` into ``table`` except those whose unique ``key`` column is stored
-        already; returns key -> id of the rows inserted."""
+        already; returns key -> id of the rows inserted.
+
+        A multi-row ``VALUES ... RETURNING``, in chunks, except on SQLite with ``per_row``: one
+        cached single-row statement for every row (a multi-row VALUES is compiled anew for each
+        batch). Measured per row: replies (no foreign keys) 16 -> 11 us with ``per_row``,
+        events (three foreign keys, checked per statement) 14 -> 18.5 us: so only replies."""
         if not rows:
             return {}
         one = "(" + ",".join("?" * len(rows[0])) + ")"
         insert = f"INSERT INTO {table} ({columns}) VALUES {{marks}} ON CONFLICT ({key}) DO NOTHING"
-        if self.pg:  # multi-row VALUES ... RETURNING, in chunks (concurrent writers interleave)
-            out: dict = {}
-            step = max(1, 9000 // len(rows[0]))
-            for start in range(0, len(rows), step):
-                chunk = rows[start : start + step]
-                marks = ",".join([one] * len(chunk))
-                returning = f" RETURNING {key}, id"
-                out.update(self.run(insert.format(marks=marks) + returning, tuple(chain(*chunk))))
-            return out
-        # SQLite: one cached statement for every row (a multi-row VALUES is compiled anew for
-        # each batch: measured 16 -> 11 us per reply). This transaction holds the write lock,
-        # so the rows it inserts now are exactly those past the largest id.
-        top = self.run(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
-        self.many(insert.format(marks=one), rows)
-        return dict(self.run(f"SELECT {key}, id FROM {table} WHERE id > ?", (top,)))
+        if per_row and not self.pg:
+            # This transaction holds the write lock: its new rows are those past the largest id.
+            top = self.run(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
+            self.many(insert.format(marks=one), rows)
+            return dict(self.run(f"SELECT {key}, id FROM {table} WHERE id > ?", (top,)))
+        out: dict = {}
+        step = max(1, 9000 // len(rows[0]))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            marks = ",".join([one] * len(chunk))
+            out.update(
+                self.run(insert.format(marks=marks) + f" RETURNING {key}, id", tuple(chain(*chunk)))
+            )
+        return out
 
     def ts(self, value: datetime) -> Any:
         """A timestamp parameter: as is for psycopg; for SQLite the UTC text SQLAlchemy's
@@ -442,7 +448,7 @@ def _insert_replies(sql: _Sql, items: list[_Item]) -> set[int]:
     if not new:
         return set()
     columns = "reply_id, prompt_hash, prompt, text, policy, segment, created_at"
-    pks = sql.insert_new("replies", columns, "reply_id", list(new.values()))
+    pks = sql.insert_new("replies", columns, "reply_id", list(new.values()), per_row=True)
     fresh = set(pks.values())
     if len(pks) < len(new):  # stored before (or by a concurrent writer): look them up
         query = "SELECT reply_id, id FROM replies WHERE reply_id IN ({marks})"
