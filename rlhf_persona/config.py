@@ -314,6 +314,12 @@ class LoopConfig(Section):
     )
     max_new_tokens: int = Field(64, ge=1, description="Reply length cap when generating.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature of the policies.")
+    generation_batch_size: int = Field(
+        32,
+        ge=1,
+        description="Replies generated per forward pass in collection, ranking and evaluation. "
+        "128 generates the quickstart's replies ~20% faster on CPU, but draws other samples.",
+    )
     rm_pairs_per_segment: int = Field(
         64,
         ge=0,

@@ -118,15 +118,24 @@ class Loop:
 
     # -- stages ---------------------------------------------------------------------------
     def _generator(self, registry_dir: Path | None):
-        from rlhf_persona.policy import AdapterRegistry, PolicyGenerator
+        """The policies saved in ``registry_dir`` (the base model alone when None)."""
+        from rlhf_persona.policy import AdapterRegistry
+
+        if registry_dir is None:
+            return self._serve(AdapterRegistry(self.dir / "base", self.cfg.models.policy))
+        return self._serve(AdapterRegistry.load(registry_dir))
+
+    def _serve(self, registry):
+        from rlhf_persona.policy import PolicyGenerator
 
         m = self.cfg.models
-        registry = (
-            AdapterRegistry.load(registry_dir)
-            if registry_dir is not None
-            else AdapterRegistry(self.dir / "base", m.policy)
+        return PolicyGenerator(
+            registry,
+            device=m.device,
+            bf16=m.bf16,
+            cache_dir=m.cache_dir,
+            batch_size=self.cfg.loop.generation_batch_size,
         )
-        return PolicyGenerator(registry, device=m.device, bf16=m.bf16, cache_dir=m.cache_dir)
 
     def collect(self, r: int, state: LoopState) -> dict:
         """Current policies answer every user's prompts; feedback goes into the store."""
@@ -326,9 +335,8 @@ class Loop:
 
     def evaluate(self, r, registry, rm, assignments):
         from rlhf_persona.evaluation import eval_items, evaluate_policies
-        from rlhf_persona.policy import PolicyGenerator
 
-        lc, m = self.cfg.loop, self.cfg.models
+        lc = self.cfg.loop
         items = eval_items(
             self.users,
             assignments,
@@ -336,11 +344,10 @@ class Loop:
             lc.eval_prompts_per_user,
             self.cfg.run.seed,
         )
-        generator = PolicyGenerator(registry, device=m.device, bf16=m.bf16, cache_dir=m.cache_dir)
         return evaluate_policies(
             self.users,
             items,
-            generator,
+            self._serve(registry),
             rm,
             round=r,
             embed=lc.embed_features,

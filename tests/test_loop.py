@@ -161,3 +161,15 @@ def test_drift_recovery_counts_rounds_after_the_move():
     assert (out["before"], out["first_after"], out["rounds_to_recover"]) == (0.7, 0.3, 3)
     never = drift_recovery(_records(enumerate([0.5, 0.7, 0.3, 0.4])), "s", after_round=1)
     assert never["rounds_to_recover"] is None
+
+
+def test_loop_generates_in_the_configured_batches(tmp_path):
+    from rlhf_persona.config import load_config
+    from rlhf_persona.loop import Loop
+
+    cfg = load_config(_config(tmp_path), ["loop.generation_batch_size=5"])
+    loop = Loop(cfg)
+    try:
+        assert loop._generator(None).batch_size == 5
+    finally:
+        loop.store.close()
