@@ -252,6 +252,12 @@ class PolicyConfig(Section):
         "~10 shift the style clearly, ≥ 20 at lr 1e-3 degenerate; scripts/bench_policy.py).",
     )
     learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate of the LoRA weights.")
+    adam_epsilon: float = Field(
+        1e-8,
+        gt=0,
+        description="AdamW's epsilon. Larger values shrink the steps that tiny gradients (a "
+        "saturated loss) would otherwise still get at full learning rate.",
+    )
     batch_size: int = Field(
         8,
         ge=2,

@@ -359,3 +359,17 @@ def test_reference_of_a_continued_adapter(algorithm, reference, data, trained, t
     assert ref_b  # TRL made the frozen copy
     norm = float(sum(p.detach().norm() for p in ref_b))
     assert (norm == 0.0) if reference == "base" else (norm > 0.0)
+
+
+def test_trainer_settings_carry_the_configured_adam_epsilon(tmp_path):
+    from transformers import TrainingArguments
+
+    from rlhf_persona.policy.common import trainer_args
+
+    cfg = PolicyConfig(adam_epsilon=1e-3, learning_rate=1e-3)
+    args = TrainingArguments(**trainer_args(cfg, tmp_path, "cpu", False, seed=0))
+    assert (args.adam_epsilon, args.learning_rate) == (1e-3, 1e-3)
+    assert (
+        TrainingArguments(**trainer_args(PolicyConfig(), tmp_path, "cpu", False, 0)).adam_epsilon
+        == 1e-8
+    )

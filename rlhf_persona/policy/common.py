@@ -145,6 +145,7 @@ def trainer_args(
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
+        adam_epsilon=cfg.adam_epsilon,
         lr_scheduler_type="constant",  # few steps: a decaying schedule wastes half of them
         seed=seed,
         data_seed=seed,
