@@ -333,6 +333,11 @@ class LoopConfig(Section):
         "replies under the reward model (iterative DPO); 0 trains on user feedback only.",
     )
     rm_candidates: int = Field(4, ge=2, description="Replies sampled per prompt for ranking.")
+    rm_kto_rows: Literal["both", "chosen"] = Field(
+        "both",
+        description="KTO: the ranked pair as a desirable and an undesirable row (both), or only "
+        "the best reply as desirable (chosen: the policy's own samples are never pushed down).",
+    )
     online_reward: Literal["model", "simulator"] = Field(
         "model",
         description="GRPO/RLOO reward: the segment-conditioned reward model, or simulated "

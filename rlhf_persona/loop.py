@@ -296,32 +296,10 @@ class Loop:
                 for k in range(lc.rm_candidates)
             ]
             scores = np.stack([rm.score([seg] * len(prompts), prompts, c) for c in cands])
-            best, worst = scores.argmax(0), scores.argmin(0)
-            for j, prompt in enumerate(prompts):
-                if best[j] == worst[j]:
-                    continue
-                chosen, rejected = cands[best[j]][j], cands[worst[j]][j]
-                if kto:
-                    for text, label in ((chosen, True), (rejected, False)):
-                        _append(
-                            rows,
-                            prompt=prompt,
-                            completion=text,
-                            label=label,
-                            user_id=self.users.ids[idx[j]],
-                            segment_id=seg,
-                        )
-                else:
-                    margin = float(scores[best[j], j] - scores[worst[j], j])
-                    _append(
-                        rows,
-                        prompt=prompt,
-                        chosen=chosen,
-                        rejected=rejected,
-                        margin=margin,
-                        user_id=self.users.ids[idx[j]],
-                        segment_id=seg,
-                    )
+            user_ids = [self.users.ids[i] for i in idx]
+            kto_rows = lc.rm_kto_rows if kto else None
+            for key, values in ranked_rows(prompts, cands, scores, user_ids, seg, kto_rows).items():
+                rows.setdefault(key, []).extend(values)
         return Dataset.from_dict(rows)
 
     def _online_reward(self, rm, assignments):
@@ -368,6 +346,27 @@ class Loop:
             state.registry_dir, state.segmenter_dir = rdir / "policy", rdir / "seg"
             state.round += 1
         return state
+
+
+def ranked_rows(prompts, cands, scores, user_ids, segment: int, kto_rows: str | None) -> dict:
+    """Training rows from the best vs the worst candidate of each prompt by ``scores``
+    [candidate, prompt]: preference rows (``kto_rows`` None), or KTO rows — the best as
+    desirable and the worst as undesirable (``both``), or the best alone (``chosen``)."""
+    rows: dict[str, list] = {}
+    best, worst = scores.argmax(0), scores.argmin(0)
+    for j, prompt in enumerate(prompts):
+        if best[j] == worst[j]:
+            continue
+        chosen, rejected = cands[best[j]][j], cands[worst[j]][j]
+        common = {"user_id": user_ids[j], "segment_id": segment}
+        if kto_rows is None:
+            margin = float(scores[best[j], j] - scores[worst[j], j])
+            _append(rows, prompt=prompt, chosen=chosen, rejected=rejected, margin=margin, **common)
+            continue
+        labelled = [(chosen, True), (rejected, False)] if kto_rows == "both" else [(chosen, True)]
+        for text, label in labelled:
+            _append(rows, prompt=prompt, completion=text, label=label, **common)
+    return rows
 
 
 def _append(rows: dict[str, list], **values) -> None:

@@ -173,3 +173,24 @@ def test_loop_generates_in_the_configured_batches(tmp_path):
         assert loop._generator(None).batch_size == 5
     finally:
         loop.store.close()
+
+
+def test_ranked_rows_pair_the_best_and_worst_candidate_of_each_prompt():
+    import numpy as np
+
+    from rlhf_persona.loop import ranked_rows
+
+    prompts = ["p0", "p1", "p2"]
+    cands = [["a0", "a1", "a2"], ["b0", "b1", "b2"], ["c0", "c1", "c2"]]
+    # [candidate, prompt]: p0 best c / worst a; p1 all tied (no pair); p2 best a / worst b
+    scores = np.array([[0.1, 1.0, 3.0], [0.5, 1.0, -2.0], [2.0, 1.0, 0.0]])
+    users = ["u0", "u1", "u2"]
+    pairs = ranked_rows(prompts, cands, scores, users, 7, None)
+    assert pairs["chosen"] == ["c0", "a2"] and pairs["rejected"] == ["a0", "b2"]
+    assert pairs["margin"] == [1.9, 5.0] and pairs["user_id"] == ["u0", "u2"]
+    both = ranked_rows(prompts, cands, scores, users, 7, "both")
+    assert list(zip(both["completion"], both["label"], strict=True)) == [
+        ("c0", True), ("a0", False), ("a2", True), ("b2", False)]  # fmt: skip
+    chosen = ranked_rows(prompts, cands, scores, users, 7, "chosen")
+    assert chosen["completion"] == ["c0", "a2"] and chosen["label"] == [True, True]
+    assert chosen["segment_id"] == [7, 7] and chosen["prompt"] == ["p0", "p2"]
