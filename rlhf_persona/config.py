@@ -336,7 +336,8 @@ class LoopConfig(Section):
     rm_kto_rows: Literal["both", "chosen"] = Field(
         "both",
         description="KTO: the ranked pair as a desirable and an undesirable row (both), or only "
-        "the best reply as desirable (chosen: the policy's own samples are never pushed down).",
+        "the best reply as desirable (chosen: the reward model pushes none of the policy's own "
+        "samples down; users' thumbs-down still do).",
     )
     online_reward: Literal["model", "simulator"] = Field(
         "model",
