@@ -275,6 +275,7 @@ class Loop:
         from rlhf_persona.simulation import sample_prompts
 
         lc, seed = self.cfg.loop, self.cfg.run.seed
+        kto_rows = lc.rm_kto_rows if kto else None
         generator = self._generator(state.registry_dir)
         rng = np.random.default_rng([seed, STREAM_COLLECT + 1, r])
         by_seg: dict[int, list[int]] = {}
@@ -297,7 +298,6 @@ class Loop:
             ]
             scores = np.stack([rm.score([seg] * len(prompts), prompts, c) for c in cands])
             user_ids = [self.users.ids[i] for i in idx]
-            kto_rows = lc.rm_kto_rows if kto else None
             for key, values in ranked_rows(prompts, cands, scores, user_ids, seg, kto_rows).items():
                 rows.setdefault(key, []).extend(values)
         return Dataset.from_dict(rows)
