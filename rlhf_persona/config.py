@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_persona.errors import UserError
 
@@ -258,6 +258,13 @@ class PolicyConfig(Section):
         description="AdamW's epsilon. Larger values shrink the steps that tiny gradients (a "
         "saturated loss) would otherwise still get at full learning rate.",
     )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="DPO/KTO: weight of an added negative log-likelihood of the liked replies "
+        "(chosen / thumbs-up), per token. It keeps pulling them up where the preference loss has "
+        "saturated, which stops a drift into word salad. GRPO/RLOO have no liked replies: 0.",
+    )
     batch_size: int = Field(
         8,
         ge=2,
@@ -308,6 +315,15 @@ class PolicyConfig(Section):
         description="Per-segment base model override {segment_id: model spec}; segments not "
         "listed share models.policy.",
     )
+
+    @model_validator(mode="after")
+    def _sft_weight_needs_liked_replies(self) -> PolicyConfig:
+        if self.sft_weight and self.algorithm in ("grpo", "rloo"):
+            raise ValueError(
+                f"sft_weight applies to dpo and kto only; {self.algorithm} has no liked "
+                "replies to weigh (set it to 0)"
+            )
+        return self
 
 
 class LoopConfig(Section):

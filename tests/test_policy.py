@@ -373,3 +373,46 @@ def test_trainer_settings_carry_the_configured_adam_epsilon(tmp_path):
         TrainingArguments(**trainer_args(PolicyConfig(), tmp_path, "cpu", False, 0)).adam_epsilon
         == 1e-8
     )
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "kto"])
+def test_sft_weight_adds_the_liked_replies_nll(algorithm, data, tmp_path):
+    """The first step sees the same weights and batch with and without the term, so its loss
+    grows by exactly sft_weight × the liked replies' mean per-token NLL (KTO logs that NLL)."""
+    from rlhf_persona.policy import dpo, kto
+    from rlhf_persona.policy.common import load_base
+    from rlhf_persona.policy.train import _format
+
+    module = {"dpo": dpo, "kto": kto}[algorithm]
+    first = {}
+    for weight in (0.0, 2.0):
+        model, tokenizer = load_base(SPEC, "cpu", False, None)
+        rows = _format(data, module, tokenizer)
+        cfg = _cfg(steps=1, batch_size=4, sft_weight=weight)
+        trainer = module.train(
+            model, tokenizer, rows, cfg, tmp_path / str(weight), device="cpu", bf16=False, seed=0
+        )
+        first[weight] = trainer.state.log_history[0]
+    added = first[2.0]["loss"] - first[0.0]["loss"]
+    assert added > 0.5  # tiny-test's per-token NLL of unseen text is several nats
+    if algorithm == "kto":
+        assert added == pytest.approx(2.0 * first[2.0]["nll/chosen"], rel=1e-4)
+
+
+def test_desirable_nll_counts_completion_tokens_of_liked_rows_only():
+    from rlhf_persona.policy.kto import desirable_nll
+
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, 8, 9]])  # row 0 liked, row 1 not
+    log_probs = torch.tensor([[-9.0, -1.0, -3.0], [-2.0, -4.0, -8.0]], requires_grad=True)
+    assert desirable_nll(labels, log_probs, [True, False]).item() == pytest.approx(2.0)
+    assert desirable_nll(labels, log_probs, [True, True]).item() == pytest.approx(18 / 5)
+    none = desirable_nll(labels, log_probs, [False, False])
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_sft_weight_is_refused_for_online_algorithms():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="sft_weight applies to dpo and kto only; grpo"):
+        PolicyConfig(algorithm="grpo", sft_weight=0.5)
+    assert PolicyConfig(algorithm="kto", sft_weight=0.5).sft_weight == 0.5

@@ -32,6 +32,9 @@ def train(
         **trainer_args(cfg, output_dir, device, bf16, seed),
         beta=cfg.beta,
         max_length=cfg.max_length,
+        # TRL's "sft" term: the chosen replies' mean per-token NLL (see PolicyConfig.sft_weight).
+        loss_type=["sigmoid", "sft"] if cfg.sft_weight else ["sigmoid"],
+        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
     )
     trainer = DPOTrainer(
         model=model,
