@@ -24,12 +24,29 @@ STREAM_EVAL = 101  # keeps held-out prompts apart from the collection prompts
 
 @dataclass
 class EvalItems:
-    """Held-out (user, prompt) rows: user index, user id, assigned segment, prompt."""
+    """Held-out (user, prompt) rows: user index, user id, assigned segment, prompt, and which of
+    the user's held-out prompts the row is (0, 1, …)."""
 
     user_idx: np.ndarray
     user_ids: list[str]
     segments: np.ndarray
     prompts: list[str]
+    prompt_no: np.ndarray
+
+    def first_prompts(self, k: int | None) -> np.ndarray:
+        """Row indices of each user's first ``k`` held-out prompts (every row when None)."""
+        if k is None:
+            return np.arange(len(self.prompts))
+        return np.flatnonzero(self.prompt_no < k)
+
+    def take(self, rows: np.ndarray) -> EvalItems:
+        return EvalItems(
+            self.user_idx[rows],
+            [self.user_ids[j] for j in rows],
+            self.segments[rows],
+            [self.prompts[j] for j in rows],
+            self.prompt_no[rows],
+        )
 
 
 def eval_items(
@@ -46,7 +63,8 @@ def eval_items(
     prompts, _ = sample_prompts(users, idx, seed=seed + STREAM_EVAL, round=0)
     ids = [users.ids[i] for i in idx]
     segs = np.array([assignments.get(u, -1) for u in ids], dtype=np.int64)
-    return EvalItems(idx, ids, segs, prompts)
+    prompt_no = np.tile(np.arange(prompts_per_user), len(chosen))
+    return EvalItems(idx, ids, segs, prompts, prompt_no)
 
 
 def _features(users: Users, items: EvalItems, replies: list[str], embed: bool) -> np.ndarray:
@@ -135,10 +153,15 @@ def evaluate_policies(
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     best_of_n: int = 1,
+    diagnostic_prompts: int | None = None,
 ) -> tuple[dict, dict]:
     """All evaluation figures for one round, and sample replies per true segment. With
     ``best_of_n`` > 1 (and ``rm``) also the personalized policies served best-of-n by ``rm``
-    (a user-level reward scores per user): policy ``best_of_n`` beside the others."""
+    (a user-level reward scores per user): policy ``best_of_n`` beside the others.
+
+    ``diagnostic_prompts``: the personalization gap and the reward model's pairwise accuracy,
+    which generate four more replies per row, use only each user's first N held-out prompts
+    (all when None), so that base / global / personalized get more rows for the same time."""
     gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     n = len(items.prompts)
     replies = {
@@ -153,6 +176,8 @@ def evaluate_policies(
         best = serve_best_of_n(generator, rm, items.segments.tolist(), items.prompts,
                                items.user_ids, n=best_of_n, **gen_kw)  # fmt: skip
         replies["best_of_n"] = best.replies
+    rows = items.first_prompts(diagnostic_prompts)
+    diag = items.take(rows)
     feats = {name: _features(users, items, r, embed) for name, r in replies.items()}
     per_policy = {name: _by_true_segment(users, items, f, round) for name, f in feats.items()}
     segments = {
@@ -164,7 +189,7 @@ def evaluate_policies(
         "segments": segments,
         "spread": float(max(pers) - min(pers)),
         "personalization_gap": _personalization_gap(
-            users, items, generator, embed, round, gen_kw, replies["personalized"]
+            users, diag, generator, embed, round, gen_kw, [replies["personalized"][j] for j in rows]
         ),
         "kl": {
             "global": float(
@@ -184,7 +209,7 @@ def evaluate_policies(
             rm, users, items, replies["personalized"], feats["personalized"], round
         )
         metrics["reward"] = _reward_accuracy(
-            rm, users, items, generator, embed, round, gen_kw, replies["base"]
+            rm, users, diag, generator, embed, round, gen_kw, [replies["base"][j] for j in rows]
         )
     return metrics, _samples(users, items, replies)
 

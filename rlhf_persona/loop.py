@@ -125,7 +125,7 @@ class Loop:
             return self._serve(AdapterRegistry(self.dir / "base", self.cfg.models.policy))
         return self._serve(AdapterRegistry.load(registry_dir))
 
-    def _serve(self, registry):
+    def _serve(self, registry, batch_size: int | None = None):
         from rlhf_persona.policy import PolicyGenerator
 
         m = self.cfg.models
@@ -134,8 +134,11 @@ class Loop:
             device=m.device,
             bf16=m.bf16,
             cache_dir=m.cache_dir,
-            batch_size=self.cfg.loop.generation_batch_size,
+            batch_size=batch_size or self.cfg.loop.generation_batch_size,
         )
+
+    def _eval_generator(self, registry):
+        return self._serve(registry, self.cfg.loop.eval_generation_batch_size)
 
     def collect(self, r: int, state: LoopState) -> dict:
         """Current policies answer every user's prompts; feedback goes into the store."""
@@ -325,7 +328,7 @@ class Loop:
         return evaluate_policies(
             self.users,
             items,
-            self._serve(registry),
+            self._eval_generator(registry),
             rm,
             round=r,
             embed=lc.embed_features,
@@ -333,6 +336,7 @@ class Loop:
             max_new_tokens=lc.max_new_tokens,
             temperature=lc.temperature,
             best_of_n=self.cfg.reward.best_of_n,
+            diagnostic_prompts=lc.eval_diagnostic_prompts,
         )
 
     # -- resume ---------------------------------------------------------------------------

@@ -170,9 +170,53 @@ def test_loop_generates_in_the_configured_batches(tmp_path):
     cfg = load_config(_config(tmp_path), ["loop.generation_batch_size=5"])
     loop = Loop(cfg)
     try:
-        assert loop._generator(None).batch_size == 5
+        base = loop._generator(None)
+        assert base.batch_size == 5
+        assert loop._eval_generator(base.registry).batch_size == 5  # unset: the same size
+        loop.cfg.loop.eval_generation_batch_size = 7
+        assert loop._eval_generator(base.registry).batch_size == 7
+        assert loop._generator(None).batch_size == 5  # collection keeps its own
     finally:
         loop.store.close()
+
+
+def test_evaluation_diagnostics_use_each_users_first_prompts(interrupted_then_resumed):
+    """With ``diagnostic_prompts`` 1 the personalization gap asks the other segments' policies
+    for each user's first held-out prompt only; base / global / personalized answer all."""
+    from rlhf_persona.evaluation import eval_items, evaluate_policies
+    from rlhf_persona.policy import AdapterRegistry, PolicyGenerator
+    from rlhf_persona.simulation import load_population
+
+    run_dir, _, _ = interrupted_then_resumed
+    users = load_population("two_opposed").sample_users(24, seed=0)
+    assign = {u: int(s) for u, s in zip(users.ids, users.truth.segment, strict=True)}
+    items = eval_items(users, assign, 2, 3, seed=0)
+    n = len(items.prompts)
+    first = items.first_prompts(1)
+    assert len(first) == n // 3 and (items.prompt_no[first] == 0).all()
+    assert {items.user_ids[j] for j in first} == set(items.user_ids)
+    assert items.take(first).prompts == [items.prompts[j] for j in first]
+
+    class CountingGenerator(PolicyGenerator):
+        rows = 0
+
+        def generate(self, keys, prompts, **kw):
+            self.rows += len(keys)
+            return super().generate(keys, prompts, **kw)
+
+    gen = CountingGenerator(AdapterRegistry.load(run_dir / "round_1" / "policy"))
+    assert gen.registry.segments == [0, 1]
+    rows = {}
+    for k in (1, None):
+        gen.rows = 0
+        metrics, _ = evaluate_policies(
+            users, items, gen, embed=False, max_new_tokens=4, diagnostic_prompts=k
+        )
+        rows[k] = gen.rows
+        assert set(metrics["personalization_gap"]) == {"brief_casual", "thorough_formal"}
+        assert {v["base"]["n"] for v in metrics["segments"].values()} == {6}  # 2 users x 3
+    # each segment's policy answers the other segment's rows: n of them in all, or n / 3
+    assert (rows[None], rows[1]) == (3 * n + n, 3 * n + n // 3)
 
 
 def test_ranked_rows_pair_the_best_and_worst_candidate_of_each_prompt():

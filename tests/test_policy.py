@@ -416,3 +416,25 @@ def test_sft_weight_is_refused_for_online_algorithms():
     with pytest.raises(ValidationError, match="sft_weight applies to dpo and kto only; grpo"):
         PolicyConfig(algorithm="grpo", sft_weight=0.5)
     assert PolicyConfig(algorithm="kto", sft_weight=0.5).sft_weight == 0.5
+
+
+def test_kto_loss_with_z_at_zero_matches_kto_while_the_policy_is_its_reference(data, tmp_path):
+    """At the first step the LoRA adapter is still zero, so the policy is its reference, TRL's
+    estimate of the reference point z is 0, and apo_zero_unpaired (z fixed at 0) gives KTO's
+    loss — without the forward passes that estimate z."""
+    from rlhf_persona.policy import kto
+    from rlhf_persona.policy.common import load_base
+    from rlhf_persona.policy.train import _format
+
+    first, estimates_z = {}, {}
+    for loss in ("kto", "apo_zero_unpaired"):
+        model, tokenizer = load_base(SPEC, "cpu", False, None)
+        rows = _format(data, kto, tokenizer)
+        cfg = _cfg(steps=1, batch_size=4, kto_loss=loss, sft_weight=1.0)
+        trainer = kto.train(
+            model, tokenizer, rows, cfg, tmp_path / loss, device="cpu", bf16=False, seed=0
+        )
+        first[loss], estimates_z[loss] = trainer.state.log_history[0], trainer.calculate_KL
+    assert estimates_z == {"kto": True, "apo_zero_unpaired": False}
+    assert first["kto"]["kl"] == 0.0
+    assert first["apo_zero_unpaired"]["loss"] == pytest.approx(first["kto"]["loss"], rel=1e-5)

@@ -1,9 +1,10 @@
 """KTO: offline optimisation from unpaired thumbs (prompt, completion, label).
 
 Thumbs-up replies are pushed above, thumbs-down below, a reference point estimated from
-mismatched (prompt, completion) pairs in the same batch, hence ``batch_size`` ≥ 2. The reference
-policy is the base model with the LoRA adapter switched off. Rows: the ``export_kto`` dataset.
-``sft_weight`` adds the desirable replies' negative log-likelihood (see ``KTOWithNLL``).
+mismatched (prompt, completion) pairs in the same batch, hence ``batch_size`` ≥ 2
+(``kto_loss: apo_zero_unpaired`` fixes it at 0 and skips the two passes that estimate it). The
+reference policy is the base model with the LoRA adapter switched off. Rows: the ``export_kto``
+dataset. ``sft_weight`` adds the desirable replies' negative log-likelihood (see ``KTOWithNLL``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def train(
     n_down = len(dataset) - n_up
     args = KTOConfig(
         **trainer_args(cfg, output_dir, device, bf16, seed),
+        loss_type=cfg.kto_loss,
         beta=cfg.beta,
         max_length=cfg.max_length,
         desirable_weight=max(1.0, n_down / max(n_up, 1)),
