@@ -396,9 +396,10 @@ class LoopConfig(Section):
     eval_diagnostic_prompts: int | None = Field(
         None,
         ge=1,
-        description="Of each evaluated user's held-out prompts, how many the personalization gap "
-        "and the reward model's pairwise accuracy use (None = all): they cost four more replies "
-        "per prompt, base / global / personalized one each.",
+        description="Of each evaluated user's held-out prompts, how many the diagnostics use "
+        "(None = all): the personalization gap and the reward model's pairwise accuracy (four "
+        "more replies per prompt; base / global / personalized cost one each) and the KL from "
+        "base (two forward passes per reply).",
     )
     embed_features: bool = Field(
         True, description="Simulator measures topical relevance with MiniLM embeddings."

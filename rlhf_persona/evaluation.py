@@ -159,9 +159,10 @@ def evaluate_policies(
     ``best_of_n`` > 1 (and ``rm``) also the personalized policies served best-of-n by ``rm``
     (a user-level reward scores per user): policy ``best_of_n`` beside the others.
 
-    ``diagnostic_prompts``: the personalization gap and the reward model's pairwise accuracy,
-    which generate four more replies per row, use only each user's first N held-out prompts
-    (all when None), so that base / global / personalized get more rows for the same time."""
+    ``diagnostic_prompts``: the personalization gap and the reward model's pairwise accuracy
+    (four more replies per row) and the KL from base (two forward passes per reply and policy)
+    use only each user's first N held-out prompts (all when None), so that base / global /
+    personalized get more rows for the same time."""
     gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     n = len(items.prompts)
     replies = {
@@ -178,6 +179,10 @@ def evaluate_policies(
         replies["best_of_n"] = best.replies
     rows = items.first_prompts(diagnostic_prompts)
     diag = items.take(rows)
+
+    def pick(policy: str) -> list[str]:  # the policy's replies to the diagnostic rows
+        return [replies[policy][j] for j in rows]
+
     feats = {name: _features(users, items, r, embed) for name, r in replies.items()}
     per_policy = {name: _by_true_segment(users, items, f, round) for name, f in feats.items()}
     segments = {
@@ -189,15 +194,15 @@ def evaluate_policies(
         "segments": segments,
         "spread": float(max(pers) - min(pers)),
         "personalization_gap": _personalization_gap(
-            users, diag, generator, embed, round, gen_kw, [replies["personalized"][j] for j in rows]
+            users, diag, generator, embed, round, gen_kw, pick("personalized")
         ),
         "kl": {
             "global": float(
-                generator.kl_from_base([GLOBAL] * n, items.prompts, replies["global"]).mean()
+                generator.kl_from_base([GLOBAL] * len(rows), diag.prompts, pick("global")).mean()
             ),
             "personalized": float(
                 generator.kl_from_base(
-                    items.segments.tolist(), items.prompts, replies["personalized"]
+                    diag.segments.tolist(), diag.prompts, pick("personalized")
                 ).mean()
             ),
         },
@@ -209,7 +214,7 @@ def evaluate_policies(
             rm, users, items, replies["personalized"], feats["personalized"], round
         )
         metrics["reward"] = _reward_accuracy(
-            rm, users, diag, generator, embed, round, gen_kw, [replies["base"][j] for j in rows]
+            rm, users, diag, generator, embed, round, gen_kw, pick("base")
         )
     return metrics, _samples(users, items, replies)
 

@@ -181,8 +181,9 @@ def test_loop_generates_in_the_configured_batches(tmp_path):
 
 
 def test_evaluation_diagnostics_use_each_users_first_prompts(interrupted_then_resumed):
-    """With ``diagnostic_prompts`` 1 the personalization gap asks the other segments' policies
-    for each user's first held-out prompt only; base / global / personalized answer all."""
+    """With ``diagnostic_prompts`` 1 the personalization gap asks the other segments' policies,
+    and the KL compares with the base, on each user's first held-out prompt only; base / global /
+    personalized answer all."""
     from rlhf_persona.evaluation import eval_items, evaluate_policies
     from rlhf_persona.policy import AdapterRegistry, PolicyGenerator
     from rlhf_persona.simulation import load_population
@@ -198,25 +199,31 @@ def test_evaluation_diagnostics_use_each_users_first_prompts(interrupted_then_re
     assert items.take(first).prompts == [items.prompts[j] for j in first]
 
     class CountingGenerator(PolicyGenerator):
-        rows = 0
+        rows = kl_rows = 0
 
         def generate(self, keys, prompts, **kw):
             self.rows += len(keys)
             return super().generate(keys, prompts, **kw)
 
+        def kl_from_base(self, keys, prompts, replies):
+            self.kl_rows += len(keys)
+            return super().kl_from_base(keys, prompts, replies)
+
     gen = CountingGenerator(AdapterRegistry.load(run_dir / "round_1" / "policy"))
     assert gen.registry.segments == [0, 1]
-    rows = {}
+    rows, kl_rows = {}, {}
     for k in (1, None):
-        gen.rows = 0
+        gen.rows = gen.kl_rows = 0
         metrics, _ = evaluate_policies(
             users, items, gen, embed=False, max_new_tokens=4, diagnostic_prompts=k
         )
-        rows[k] = gen.rows
+        rows[k], kl_rows[k] = gen.rows, gen.kl_rows
+        assert metrics["kl"]["personalized"] >= 0.0
         assert set(metrics["personalization_gap"]) == {"brief_casual", "thorough_formal"}
         assert {v["base"]["n"] for v in metrics["segments"].values()} == {6}  # 2 users x 3
     # each segment's policy answers the other segment's rows: n of them in all, or n / 3
     assert (rows[None], rows[1]) == (3 * n + n, 3 * n + n // 3)
+    assert (kl_rows[None], kl_rows[1]) == (2 * n, 2 * n // 3)  # global and personalized
 
 
 def test_ranked_rows_pair_the_best_and_worst_candidate_of_each_prompt():
