@@ -375,24 +375,31 @@ def test_trainer_settings_carry_the_configured_adam_epsilon(tmp_path):
     )
 
 
+def _one_step(module, data, out_dir, **cfg):
+    """The algorithm's trainer after one step of batch 4 from the fresh base (same weights and
+    batch whatever ``cfg`` says), for comparing first-step losses."""
+    from rlhf_persona.policy.common import load_base
+    from rlhf_persona.policy.train import _format
+
+    model, tokenizer = load_base(SPEC, "cpu", False, None)
+    rows = _format(data, module, tokenizer)
+    return module.train(model, tokenizer, rows, _cfg(steps=1, batch_size=4, **cfg), out_dir,
+                        device="cpu", bf16=False, seed=0)  # fmt: skip
+
+
 @pytest.mark.parametrize("algorithm", ["dpo", "kto"])
 def test_sft_weight_adds_the_liked_replies_nll(algorithm, data, tmp_path):
     """The first step sees the same weights and batch with and without the term, so its loss
     grows by exactly sft_weight × the liked replies' mean per-token NLL (KTO logs that NLL)."""
     from rlhf_persona.policy import dpo, kto
-    from rlhf_persona.policy.common import load_base
-    from rlhf_persona.policy.train import _format
 
     module = {"dpo": dpo, "kto": kto}[algorithm]
-    first = {}
-    for weight in (0.0, 2.0):
-        model, tokenizer = load_base(SPEC, "cpu", False, None)
-        rows = _format(data, module, tokenizer)
-        cfg = _cfg(steps=1, batch_size=4, sft_weight=weight)
-        trainer = module.train(
-            model, tokenizer, rows, cfg, tmp_path / str(weight), device="cpu", bf16=False, seed=0
-        )
-        first[weight] = trainer.state.log_history[0]
+    first = {
+        weight: _one_step(
+            module, data, tmp_path / str(weight), sft_weight=weight
+        ).state.log_history[0]
+        for weight in (0.0, 2.0)
+    }
     added = first[2.0]["loss"] - first[0.0]["loss"]
     assert added > 0.5  # tiny-test's per-token NLL of unseen text is several nats
     if algorithm == "kto":
@@ -423,17 +430,10 @@ def test_kto_loss_with_z_at_zero_matches_kto_while_the_policy_is_its_reference(d
     estimate of the reference point z is 0, and apo_zero_unpaired (z fixed at 0) gives KTO's
     loss — without the forward passes that estimate z."""
     from rlhf_persona.policy import kto
-    from rlhf_persona.policy.common import load_base
-    from rlhf_persona.policy.train import _format
 
     first, estimates_z = {}, {}
     for loss in ("kto", "apo_zero_unpaired"):
-        model, tokenizer = load_base(SPEC, "cpu", False, None)
-        rows = _format(data, kto, tokenizer)
-        cfg = _cfg(steps=1, batch_size=4, kto_loss=loss, sft_weight=1.0)
-        trainer = kto.train(
-            model, tokenizer, rows, cfg, tmp_path / loss, device="cpu", bf16=False, seed=0
-        )
+        trainer = _one_step(kto, data, tmp_path / loss, kto_loss=loss, sft_weight=1.0)
         first[loss], estimates_z[loss] = trainer.state.log_history[0], trainer.calculate_KL
     assert estimates_z == {"kto": True, "apo_zero_unpaired": False}
     assert first["kto"]["kl"] == 0.0
