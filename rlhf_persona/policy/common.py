@@ -36,7 +36,7 @@ def load_base(spec: str, device: str = "cpu", bf16: bool = False, cache_dir: Pat
     from rlhf_persona.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(spec, cache_dir=cache_dir, device=device)
-    # bf16 only pays off on a GPU; on CPU it is many times slower (DESIGN.md, measured facts).
+    # bf16 only pays off on a GPU; on CPU it is many times slower (docs/design.md, measured facts).
     dtype = torch.bfloat16 if bf16 and device == "cuda" else torch.float32
     model = model.to(device=device, dtype=dtype)
     if tokenizer.pad_token is None:
@@ -150,7 +150,7 @@ def trainer_args(
         seed=seed,
         data_seed=seed,
         use_cpu=not on_gpu,
-        bf16=bf16 and on_gpu,  # bf16 on CPU is up to 16x slower (DESIGN.md)
+        bf16=bf16 and on_gpu,  # bf16 on CPU is up to 16x slower (docs/design.md)
         gradient_checkpointing=False,  # tiny models: recomputation costs more than it saves
         logging_steps=1,
         save_strategy="no",
