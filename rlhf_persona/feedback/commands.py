@@ -163,46 +163,81 @@ def _parse_since(value: str) -> datetime:
 
 
 def import_cmd(
-    path: Path = typer.Argument(..., help="JSONL/CSV file, or a Polis export folder."),
-    fmt: str = typer.Option(..., "--format", help="jsonl | csv | polis"),
+    path: Path = typer.Argument(..., help="File or folder to import (see --format)."),
+    fmt: str = typer.Option(
+        ...,
+        "--format",
+        help="jsonl (this project's events) | csv | polis (export folder) | trl (TRL / HF "
+        "preference, KTO or ratings dataset: .jsonl/.parquet/folder) | messages (OpenAI-style "
+        "chat JSONL with feedback) | argilla | label-studio (JSON export) | scores "
+        "(Langfuse / LangSmith-style score rows with input and output).",
+    ),
     mapping: list[str] | None = typer.Option(
         None,
         "--map",
-        help="CSV column=field (user_id, prompt, reply|item, rating|thumb, "
-        "event_id, created_at, comment, reason_tags, profile.KEY); repeatable.",
+        help="CSV column=field (user_id, prompt, reply|item, rating|thumb, chosen+rejected, "
+        "other_reply+choice, event_id, created_at, comment, reason_tags, profile.KEY); "
+        "repeatable.",
     ),  # fmt: skip
     db: str | None = DbOption,
     config: Path | None = ConfigOption,
-    prompt: str = typer.Option("", help="CSV: prompt of the rated items when none is mapped."),
+    prompt: str = typer.Option(
+        "", help="CSV: the prompt of rows without a prompt column (whatever column is the reply)."
+    ),
+    thumb_values: str | None = typer.Option(
+        None, help="UP,DOWN[,CLEARED] cell values of thumbs, e.g. 1,0 (default: 1/-1, yes/no, "
+        "up/down, good/bad, ...; 0 = cleared)."  # fmt: skip
+    ),
+    rating_scale: str | None = typer.Option(
+        None, help="LOW,HIGH of the ratings, mapped onto 1..5 (e.g. 0,10; default 1,5)."
+    ),
+    reverse_scale: bool = typer.Option(False, help="Ratings: LOW is the best (turned round)."),
+    user: str = typer.Option(
+        "imported", help="trl/messages/argilla/label-studio/scores: user id of rows without one."
+    ),
     polis_pass: str = typer.Option("abstain", help="Polis pass votes: abstain (0) or skip."),
 ) -> None:
-    """Import feedback; bad rows are listed with their line number and skipped."""
-    from rlhf_persona.feedback import importers
+    """Import feedback; bad rows are listed with their line number and skipped. An import that
+    stores nothing into a new SQLite file leaves no file behind."""
+    from rlhf_persona.feedback import import_formats, importers
+    from rlhf_persona.feedback.db import remove_sqlite_files, sqlite_file
 
-    if fmt not in importers.IMPORTERS:
-        raise UserError(f"--format {fmt!r}: use one of {', '.join(importers.IMPORTERS)}")
+    formats = (*importers.IMPORTERS, *import_formats.FORMATS)
+    if fmt not in formats:
+        raise UserError(f"--format {fmt!r}: use one of {', '.join(formats)}")
     if fmt == "csv" and not mapping:
         raise UserError("--format csv needs --map COLUMN=FIELD options (e.g. --map score=rating)")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    store = _open(db, config)
+    values = importers.value_mapping(thumb_values, rating_scale, reverse_scale)
+    url = _url(db, config)
+    new_file = sqlite_file(url) is not None and not Path(sqlite_file(url)).exists()
+    store, report = _open(url), None
     try:
         if fmt == "jsonl":
             report = importers.import_jsonl(store, path)
         elif fmt == "csv":
-            report = importers.import_csv(
-                store, path, importers.parse_mapping(mapping or []), default_prompt=prompt
-            )
-        else:
+            report = importers.import_csv(store, path, importers.parse_mapping(mapping or []),
+                                          default_prompt=prompt, values=values)  # fmt: skip
+        elif fmt == "polis":
             report = importers.import_polis(store, path, pass_as=polis_pass)
+        else:
+            report = import_formats.import_records(store, path, fmt, values=values,
+                                                   default_user=user)  # fmt: skip
     finally:
         store.close()
+        if new_file and (report is None or not report.users):
+            remove_sqlite_files(url)  # a failed import leaves no empty database behind
     data = report.to_dict()
     _print_report(f"imported {path}: {report.rows} rows, {report.users} users", data)
     for row in data["bad_rows"][:20]:
         typer.echo(f"  line {row['line']}: {row['reason']}", err=True)
     if len(report.bad_rows) > 20:
         typer.echo(f"  ... and {len(report.bad_rows) - 20} more bad rows", err=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if not report.users:
+        raise UserError(f"{path}: nothing imported (no valid {fmt} row)")
 
 
 def _print_report(title: str, report: dict) -> None:

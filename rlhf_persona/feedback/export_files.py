@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,20 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 FILE_FORMATS = ("jsonl", "parquet")
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Without ``datasets``' progress bars (restored after)."""
+    import datasets
+
+    shown = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 def segment_config(segment: int) -> str:
@@ -41,8 +57,6 @@ def write_export(
     """Write ``dataset`` under ``out`` (see the module docstring); returns rows per config."""
     if file_format not in FILE_FORMATS:
         raise UserError(f"--file-format {file_format!r}: use one of {', '.join(FILE_FORMATS)}")
-    import datasets
-
     out.mkdir(parents=True, exist_ok=True)
     parts: dict[str, Dataset] = {"default": dataset}
     if per_segment:
@@ -52,9 +66,7 @@ def write_export(
         for segment, rows in sorted(by_segment.items()):
             parts[segment_config(segment)] = dataset.select(rows)
     files = {}
-    quiet = not datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # a bar per tiny file is noise
-    try:
+    with quiet_datasets():  # a bar per small file is noise
         for name, part in parts.items():
             rel = f"train.{file_format}" if name == "default" else f"{name}/train.{file_format}"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +75,6 @@ def write_export(
             else:
                 part.to_parquet(str(out / rel))
             files[name] = rel
-    finally:
-        if quiet:
-            datasets.enable_progress_bars()
     rows = {name: len(part) for name, part in parts.items()}
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     (out / "README.md").write_text(_card(report, files, rows))
