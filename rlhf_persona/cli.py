@@ -113,6 +113,10 @@ def _mount_subapps() -> None:
 
     app.add_typer(reward_app, name="reward")  # train, eval
 
+    from rlhf_persona.policy.commands import app as policy_app
+
+    app.add_typer(policy_app, name="policy")  # train
+
 
 _mount_subapps()
 
