@@ -185,8 +185,9 @@ def import_cmd(
         "", help="CSV: the prompt of rows without a prompt column (whatever column is the reply)."
     ),
     thumb_values: str | None = typer.Option(
-        None, help="UP,DOWN[,CLEARED] cell values of thumbs, e.g. 1,0 (default: 1/-1, yes/no, "
-        "up/down, good/bad, ...; 0 = cleared)."  # fmt: skip
+        None,
+        help="UP,DOWN[,CLEARED] cell values of thumbs, e.g. 1,0 (default: 1/-1, yes/no, "
+        "up/down, good/bad, ...; 0 = cleared).",  # fmt: skip
     ),
     rating_scale: str | None = typer.Option(
         None, help="LOW,HIGH of the ratings, mapped onto 1..5 (e.g. 0,10; default 1,5)."

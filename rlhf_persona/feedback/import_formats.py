@@ -171,8 +171,10 @@ def parse_trl(record: Mapping, values: ValueMapping) -> list[Event]:
         other = record.get("rejected_prompt")
         if other not in (None, "") and text_of(other, "rejected_prompt") != prompt:
             other = text_of(other, "rejected_prompt")
-            return [(user, {"kind": "thumbs", "prompt": prompt, "reply": chosen, "value": 1}),
-                    (user, {"kind": "thumbs", "prompt": other, "reply": rejected, "value": -1})]
+            return [
+                (user, {"kind": "thumbs", "prompt": prompt, "reply": chosen, "value": 1}),
+                (user, {"kind": "thumbs", "prompt": other, "reply": rejected, "value": -1}),
+            ]
         return [(user, {"kind": "pairwise", "prompt": prompt, "reply": chosen,
                         "other_reply": rejected, "value": 1})]  # fmt: skip
     if "completion" in record and ("label" in record or "rating" in record):
@@ -228,8 +230,10 @@ def _argilla_responses(record: Mapping) -> dict[str, list[tuple[Any, Any, Any]]]
             users = record.get(f"{q}.responses.users") or [None] * len(answers)
             status = record.get(f"{q}.responses.status") or [None] * len(answers)
             found[q].extend(zip(users, answers, status, strict=False))
-        elif isinstance(answers, list) and answers and all(
-            isinstance(a, Mapping) and "value" in a and "user_id" in a for a in answers
+        elif (
+            isinstance(answers, list)
+            and answers
+            and all(isinstance(a, Mapping) and "value" in a and "user_id" in a for a in answers)
         ):  # Argilla 1: one column per question, a list of responses
             found[key].extend((a["user_id"], a["value"], a.get("status")) for a in answers)
     return found
@@ -322,8 +326,9 @@ def _score_kinds(records: list[tuple[int, Any]]) -> dict[str, str]:
         if isinstance(rec, Mapping):
             value = rec.get("value", rec.get("score"))
             seen[str(rec.get("name") or rec.get("key") or "")].add(
-                value if not isinstance(value, bool) else int(value))
-    return {name: "thumbs" if vals <= {0, 1, 0.0, 1.0} else "rating" for name, vals in
+                value if not isinstance(value, bool) else int(value)
+            )
+    return {name: "thumbs" if vals <= {0, 1} else "rating" for name, vals in
             seen.items()}  # fmt: skip
 
 
@@ -410,4 +415,3 @@ def _flush(store: FeedbackStore, pending: list[tuple[int, str | None, dict]], re
     external = [(line, who, {}, ev) for line, who, ev in pending if who is not None]
     flush_external_rows(store, external, report)  # users upserted as keyed hashes first
     record_rows(store, [(line, ev) for line, who, ev in pending if who is None], report)
-

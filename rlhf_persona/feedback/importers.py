@@ -94,7 +94,8 @@ def value_mapping(
         try:
             low, high = (float(p) for p in rating_scale.split(","))
         except ValueError:
-            raise UserError(f"--rating-scale {rating_scale!r}: expected LOW,HIGH, e.g. 0,10")
+            message = f"--rating-scale {rating_scale!r}: expected LOW,HIGH, e.g. 0,10"
+            raise UserError(message) from None
         if low >= high:
             raise UserError(f"--rating-scale {rating_scale!r}: LOW must be below HIGH")
     return ValueMapping(thumbs, bool(thumb_values), low, high, reverse)
@@ -182,8 +183,14 @@ def _import_user_line(store: FeedbackStore, obj: dict, line_no: int, report: Imp
                             "external_id, profile, consent; an event line has kind)")  # fmt: skip
         return
     try:
-        report.user_ids.add(store.upsert_user(obj.get("user_id"), obj.get("profile"),
-                                              obj.get("external_id"), consent=obj.get("consent")))
+        report.user_ids.add(
+            store.upsert_user(
+                obj.get("user_id"),
+                obj.get("profile"),
+                obj.get("external_id"),
+                consent=obj.get("consent"),
+            )
+        )
     except StoreError as exc:
         category = "deleted user" if exc.status_code == 410 else "invalid row"
         report.bad(line_no, str(exc), category)

@@ -22,7 +22,8 @@ def train(
         None, "--db", help="Feedback store URL / SQLite path (default: the config's store)."
     ),
     segmenter: Path | None = typer.Option(
-        None, help="Saved segmenter whose cards give the persona texts (default "
+        None,
+        help="Saved segmenter whose cards give the persona texts (default "
         "RUN_DIR/segmenter/RUN if there); segments are the store's current assignments.",
     ),  # fmt: skip
     reward: Path | None = typer.Option(

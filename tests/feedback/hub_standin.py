@@ -1,7 +1,8 @@
 """A local stand-in for the four Hugging Face Hub endpoints that ``huggingface_hub``'s
-``create_repo`` + ``upload_folder`` call (create a repo, ask how to upload each file, commit the
-files inline; and the README card's YAML check), served by uvicorn; committed files land in ``root/<repo id>/``. Files the real
-Hub would take through LFS / Xet are not supported: every file is answered "regular"."""
+``create_repo`` + ``upload_folder`` call (create a repo, check the README card's YAML, ask how to
+upload each file, commit the files inline), served by uvicorn; committed files land in
+``root/<repo id>/``. Files the real Hub would take through LFS / Xet are not supported: every
+file is answered "regular"."""
 
 from __future__ import annotations
 

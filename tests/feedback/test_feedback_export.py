@@ -146,8 +146,21 @@ def test_export_cli_writes_dataset_and_prints_counts(filled, tmp_path):
 
 def test_export_per_segment_parquet_and_card(filled, tmp_path):
     out = tmp_path / "kto"
-    result = CliRunner().invoke(app, ["export", "--db", filled.url, "--format", "kto", "--out",
-                                      str(out), "--file-format", "parquet", "--per-segment"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--db",
+            filled.url,
+            "--format",
+            "kto",
+            "--out",
+            str(out),
+            "--file-format",
+            "parquet",
+            "--per-segment",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "segment_3" in result.output and "segment_none" in result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == [
@@ -171,8 +184,24 @@ def _cli_env(**extra: str) -> dict[str, str]:
 def test_trl_dpo_cli_trains_on_an_export(filled, tmp_path, tiny_test_path):
     """TRL's own command line reads the export folder as it is (one CPU step, tiny model)."""
     out = tmp_path / "pref"
-    assert CliRunner().invoke(app, ["export", "--db", filled.url, "--format", "preference",
-                                    "--out", str(out), "--per-segment"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(
+            app,
+            [
+                "export",
+                "--db",
+                filled.url,
+                "--format",
+                "preference",
+                "--out",
+                str(out),
+                "--per-segment",
+            ],
+        )
+        .exit_code
+        == 0
+    )
     trl = Path(sys.executable).with_name("trl")
     args = [str(trl), "dpo", "--model_name_or_path", str(tiny_test_path), "--dataset_name",
             str(out), "--dataset_config", "segment_3", "--output_dir", str(tmp_path / "dpo"),

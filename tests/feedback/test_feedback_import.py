@@ -17,8 +17,14 @@ from rlhf_persona.errors import UserError
 from rlhf_persona.feedback.importers import import_csv, import_jsonl, import_polis, parse_mapping
 
 # the shared data folder beside the checkout (or beside the folder of its git worktrees)
-POLIS = next((p / "shared" / "data" / "polis" for p in Path(__file__).resolve().parents[3:5]
-              if (p / "shared" / "data" / "polis").is_dir()), Path("shared/data/polis"))
+POLIS = next(
+    (
+        p / "shared" / "data" / "polis"
+        for p in Path(__file__).resolve().parents[3:5]
+        if (p / "shared" / "data" / "polis").is_dir()
+    ),
+    Path("shared/data/polis"),
+)
 
 
 def _polis_truth(folder: Path) -> dict:

@@ -49,10 +49,11 @@ def test_exports_reimport_round_trip(source, tmp_path):
     trl` reads back into another store, whose exports hold the same rows."""
     runner = CliRunner()
     folders = {}
-    for name, extra in {"pref": ["--format", "preference"],
-                        "kto": ["--format", "kto", "--file-format", "parquet"],
-                        "ratings": ["--format", "ratings", "--conversational"],
-                        "cross": ["--format", "preference", "--across-prompts"]}.items():  # fmt: skip
+    options = {"pref": ["--format", "preference"],
+               "kto": ["--format", "kto", "--file-format", "parquet"],
+               "ratings": ["--format", "ratings", "--conversational"],
+               "cross": ["--format", "preference", "--across-prompts"]}  # fmt: skip
+    for name, extra in options.items():
         folders[name] = tmp_path / name
         result = runner.invoke(app, ["export", "--db", source.url, "--out", str(folders[name]),
                                      *extra])  # fmt: skip
@@ -230,8 +231,11 @@ def test_csv_pairwise_columns(sqlite_store, tmp_path):
     assert [line for line, _ in report.bad_rows] == [3] and "choice" in report.bad_rows[0][1]
     ann = sqlite_store.hasher.pseudonym("ann")
     assert _events(sqlite_store) == [(ann, "pairwise", "Hi", "Hello!", "Go away.", -1)]
-    pairs = import_csv(sqlite_store, path, parse_mapping(["who=user_id", "q=prompt",
-                                                          "good=chosen", "bad=rejected"]))
+    pairs = import_csv(
+        sqlite_store,
+        path,
+        parse_mapping(["who=user_id", "q=prompt", "good=chosen", "bad=rejected"]),
+    )
     assert pairs.events["updated"] == 1  # ann's chosen/rejected pair turns her A/B vote round
     assert [line for line, _ in pairs.bad_rows] == [3]  # a reply against itself
 
