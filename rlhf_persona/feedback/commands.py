@@ -196,6 +196,11 @@ def import_cmd(
     user: str = typer.Option(
         "imported", help="trl/messages/argilla/label-studio/scores: user id of rows without one."
     ),
+    question: list[str] | None = typer.Option(
+        None,
+        help="argilla/label-studio/scores: keep only this question, control (from_name) "
+        "or score name; repeatable (default: all that hold feedback).",
+    ),  # fmt: skip
     polis_pass: str = typer.Option("abstain", help="Polis pass votes: abstain (0) or skip."),
 ) -> None:
     """Import feedback; bad rows are listed with their line number and skipped. An import that
@@ -224,7 +229,8 @@ def import_cmd(
             report = importers.import_polis(store, path, pass_as=polis_pass)
         else:
             report = import_formats.import_records(store, path, fmt, values=values,
-                                                   default_user=user)  # fmt: skip
+                                                   default_user=user,
+                                                   questions=question or ())  # fmt: skip
     finally:
         store.close()
         if new_file and (report is None or not report.users):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +293,7 @@ def parse_label_studio(record: Mapping, values: ValueMapping) -> list[Event]:
         for result in ann.get("result") or []:
             value = result.get("value") or {}
             kind = result.get("type")
+            extra["meta_question"] = result.get("from_name")
             if kind == "pairwise":
                 names = [n for n in str(result.get("to_name", "")).split(",") if n in data]
                 if len(names) != 2:
@@ -308,7 +309,10 @@ def parse_label_studio(record: Mapping, values: ValueMapping) -> list[Event]:
             if kind == "rating":
                 judged = _judgement({"rating": value.get("rating")}, values)
             elif kind == "choices" and value.get("choices"):
-                judged = _judgement({"thumb": value["choices"][0]}, values)
+                try:
+                    judged = _judgement({"thumb": value["choices"][0]}, values)
+                except ValueError:
+                    continue  # a label that is not a thumb (a topic, ...)
             else:
                 continue
             events.append((user, {"prompt": prompt, "reply": reply, **judged, **extra}))
@@ -332,15 +336,19 @@ def _score_kinds(records: list[tuple[int, Any]]) -> dict[str, str]:
             seen.items()}  # fmt: skip
 
 
-def parse_score(record: Mapping, values: ValueMapping, kinds: Mapping[str, str]) -> list[Event]:
+def parse_score(
+    record: Mapping, values: ValueMapping, kinds: Mapping[str, str], names: Collection[str] = ()
+) -> list[Event]:
     """One score row joined with its trace: input / output (text or messages), name or key,
     value or score (numeric or boolean; categorical ``stringValue`` as a thumb), ``comment``,
     userId / user_id, timestamp / created_at. A score whose values are all 0 / 1 is a thumb
     (0 = down), other numbers ratings (``--rating-scale``)."""
+    name = str(record.get("name") or record.get("key") or "")
+    if names and name not in names:
+        return [(None, {"meta_question": name})]  # counted as another question's score
     prompt = text_of(_first(record, ("input", "prompt", "inputs"), "input"), "input")
     reply = text_of(_first(record, ("output", "reply", "completion", "outputs"), "output"),
                     "output")  # fmt: skip
-    name = str(record.get("name") or record.get("key") or "")
     value = record.get("value", record.get("score"))
     if value is None and record.get("stringValue"):
         judged = _judgement({"thumb": record["stringValue"]}, values)
@@ -353,7 +361,7 @@ def parse_score(record: Mapping, values: ValueMapping, kinds: Mapping[str, str])
     when = record.get("timestamp") or record.get("created_at")
     extra = {"created_at": when} if isinstance(when, str) else {}
     user = _user_ref(record, "userId", "user")
-    return [(user, {"prompt": prompt, "reply": reply, **judged, **extra})]
+    return [(user, {"prompt": prompt, "reply": reply, "meta_question": name, **judged, **extra})]
 
 
 # -- the import ---------------------------------------------------------------------------------
@@ -370,9 +378,11 @@ def import_records(
     *,
     values: ValueMapping | None = None,
     default_user: str = DEFAULT_USER,
+    questions: Collection[str] = (),
 ) -> ImportReport:
     """Import a file or folder in one of ``FORMATS``; bad records are reported by line (JSON
-    lines) or row number and skipped whole."""
+    lines) or row number and skipped whole. ``questions``: keep only these Argilla questions,
+    Label Studio ``from_name`` controls or score names (others are counted as skipped)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     path, values = Path(path), values or ValueMapping()
@@ -381,15 +391,18 @@ def import_records(
     parse = PARSERS.get(fmt)
     if parse is None:  # scores: a thumb or a rating is decided per score name, over the file
         kinds = _score_kinds(records)
-        parse = lambda rec, vals: parse_score(rec, vals, kinds)  # noqa: E731
+        parse = lambda rec, vals: parse_score(rec, vals, kinds, questions)  # noqa: E731
     pending: list[tuple[int, str | None, dict]] = []
     for line, record in records:
         report.rows += 1
         try:
             if not isinstance(record, Mapping):
                 raise ValueError("expected a JSON object / a row")
-            pending += [(line, *_with_user(store, fmt, ref, ev, default_user))
-                        for ref, ev in parse(record, values)]  # fmt: skip
+            for ref, ev in parse(record, values):
+                if questions and ev.get("meta_question") not in questions:
+                    report.skipped["other question"] += 1
+                    continue
+                pending.append((line, *_with_user(store, fmt, ref, ev, default_user)))
         except (ValueError, TypeError, KeyError) as exc:
             report.bad(line, str(exc) if not isinstance(exc, KeyError) else f"{exc}: missing")
         if len(pending) >= BATCH:

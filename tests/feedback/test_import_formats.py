@@ -140,6 +140,9 @@ def test_argilla_flat_and_nested_records(sqlite_store, tmp_path):
         (a, "rating", P, "Oatmeal.", None, 4), (b, "rating", P, "Oatmeal.", None, 2),
         (b, "pairwise", Q, "Work.", "Walk.", 1), (c, "thumbs", P, "Toast.", None, -1),
     ])  # fmt: skip
+    with FeedbackStore(tmp_path / "q.db", hash_key=HASH_KEY) as only:  # --question quality
+        report = import_records(only, path, "argilla", questions=["quality"])
+        assert report.skipped["other question"] == 2 and len(only.events()) == 2
 
 
 def test_label_studio_json_export(sqlite_store, tmp_path):
@@ -192,6 +195,10 @@ def test_score_dumps_thumbs_and_ratings(sqlite_store, tmp_path):
         ("u9", "rating", "Hi", "Hello!", None, 5), ("anon", "rating", "Hi", "Hey.", None, 1),
     ])  # fmt: skip
     assert [e["comment"] for e in sqlite_store.events("thumbs") if e["comment"]] == ["nice"]
+    with FeedbackStore(tmp_path / "q.db", hash_key=HASH_KEY) as only:  # --question stars
+        report = import_records(only, path, "scores", questions=["stars"])
+        assert report.skipped["other question"] == 3 and report.bad_rows == []
+        assert sorted(e["value"] for e in only.events()) == [1, 5]
 
 
 CSV_VALUES = """who,answer,liked,stars
