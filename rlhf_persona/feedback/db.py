@@ -70,9 +70,9 @@ def require_existing(url: str) -> None:
 def unreachable(url: str, exc: Exception) -> UserError:
     """One line naming the database (password hidden) and the driver's first line of why."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return UserError(
-        f"cannot open the database {describe_url(url)}: {reason[0] if reason else type(exc)}"
-    )
+    parsed = sa.engine.make_url(url)
+    shown = describe_url(parsed.set(drivername=parsed.get_backend_name()))  # as users write it
+    return UserError(f"cannot open the database {shown}: {reason[0] if reason else type(exc)}")
 
 
 def remove_sqlite_files(url: str) -> None:
@@ -254,6 +254,6 @@ def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
-def describe_url(url: str) -> str:
+def describe_url(url: str | sa.URL) -> str:
     """The URL with any password hidden, for messages and logs."""
     return sa.engine.make_url(url).render_as_string(hide_password=True)

@@ -52,7 +52,7 @@ def test_unreachable_postgres_is_one_line(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, lines
-    assert "cannot open the database postgresql+psycopg://me:***@127.0.0.1:9/feedback" in lines[0]
+    assert "cannot open the database postgresql://me:***@127.0.0.1:9/feedback" in lines[0]
     assert "secret" not in lines[0] and "Traceback" not in done.stderr
 
 
