@@ -31,6 +31,23 @@ ConfigPath = typer.Argument(None, help="Experiment config YAML (configs/*.yaml).
 SetOption = typer.Option(None, "--set", help="Override a config value: KEY.SUB=VALUE (repeatable).")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from rlhf_persona import __version__
+
+        console.print(f"rlhf-persona {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Options of the command itself (before any sub-command)."""
+
+
 @config_app.command("show")
 def config_show(
     path: Path | None = ConfigPath,
@@ -96,6 +113,10 @@ def _mount_subapps() -> None:
 
     app.add_typer(reward_app, name="reward")  # train, eval
 
+    from rlhf_persona.policy.commands import app as policy_app
+
+    app.add_typer(policy_app, name="policy")  # train
+
 
 _mount_subapps()
 
@@ -105,7 +126,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

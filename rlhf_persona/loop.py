@@ -242,17 +242,8 @@ class Loop:
 
     def _policy_data(self, r, state, assignments, rm) -> Dataset:
         """The store's export for the algorithm, plus reward-model-ranked pairs if configured."""
-        from rlhf_persona.feedback.export import export_kto, export_preference
-
         algo = self.cfg.policy.algorithm
-        since = self._since(r)
-        if algo == "kto":  # every thumb and every clear rating is a KTO row
-            pairwise = self.cfg.loop.kto_pairwise
-            exported, _ = export_kto(
-                self.store, assignments, ratings=True, pairwise=pairwise, since=since
-            )
-        else:
-            exported, _ = export_preference(self.store, assignments, since=since)
+        exported = policy_export(self.store, self.cfg, assignments, since=self._since(r))
         if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ("grpo", "rloo"):
             return exported
         ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo == "kto")
@@ -400,6 +391,18 @@ def simulated_thumbs_reward(sim, assignments: dict, seed: int):
 
     reward_fn.__name__ = "simulated_thumbs"
     return reward_fn
+
+
+def policy_export(store, cfg: ExperimentConfig, assignments: dict, since=None) -> Dataset:
+    """The store's rows the configured policy algorithm trains on: KTO rows (every thumb, every
+    clear rating, A/B choices if ``loop.kto_pairwise``) or preference pairs (DPO; GRPO / RLOO use
+    only their prompts), each with its user's segment from ``assignments``."""
+    from rlhf_persona.feedback.export import export_kto, export_preference
+
+    if cfg.policy.algorithm == "kto":
+        pairwise = cfg.loop.kto_pairwise
+        return export_kto(store, assignments, ratings=True, pairwise=pairwise, since=since)[0]
+    return export_preference(store, assignments, since=since)[0]
 
 
 def print_round_table(record: dict) -> None:

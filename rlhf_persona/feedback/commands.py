@@ -7,7 +7,6 @@ commands so that ``rlhf-persona --help`` stays fast.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
@@ -34,10 +33,10 @@ def _url(db: str | None, config: Path | None) -> str:
     return resolve_url(db)
 
 
-def _open(db: str | None, config: Path | None = None):
+def _open(db: str | None, config: Path | None = None, *, must_exist: bool = False):
     from rlhf_persona.feedback.store import FeedbackStore
 
-    return FeedbackStore(_url(db, config))
+    return FeedbackStore(_url(db, config), must_exist=must_exist)
 
 
 def serve(
@@ -98,7 +97,9 @@ def serve(
 
 def export_cmd(
     fmt: str = typer.Option(..., "--format", help="preference | kto | ratings"),
-    out: Path = typer.Option(..., "--out", help="Folder to write the dataset to (save_to_disk)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder to write to: train.jsonl (or .parquet) + README.md card."
+    ),
     db: str | None = DbOption,
     config: Path | None = ConfigOption,
     conversational: bool = typer.Option(False, help="Chat-message columns instead of text."),
@@ -112,20 +113,30 @@ def export_cmd(
         help="Only votes given from this UTC date or time on (ISO 8601, e.g. 2026-11-01 or "
         "2026-11-01T12:00); older ones are reported as dropped.",
     ),
-    jsonl: bool = typer.Option(False, help="Also write OUT/data.jsonl."),
+    file_format: str = typer.Option("jsonl", help="jsonl | parquet"),
+    per_segment: bool = typer.Option(
+        False, help="Also write each segment's rows to OUT/segment_ID/ (a config of the card)."
+    ),
+    push_to_hub: str | None = typer.Option(
+        None, help="Also upload OUT as the dataset repo USER/NAME ($HF_TOKEN, $HF_ENDPOINT)."
+    ),
+    private: bool = typer.Option(False, help="--push-to-hub: create the repo private."),
 ) -> None:
-    """Export feedback as a Hugging Face dataset in TRL's format; print what was used and
-    dropped (the report is also written to OUT/export_report.json)."""
+    """Export feedback in TRL's format to a folder that `load_dataset(OUT)` and `trl dpo
+    --dataset_name OUT` read; print what was used and dropped (also in OUT/export_report.json)."""
     from rlhf_persona.feedback.export import export
+    from rlhf_persona.feedback.export_files import FILE_FORMATS, push_export, write_export
 
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out}: folder exists and is not empty")
+    if file_format not in FILE_FORMATS:
+        raise UserError(f"--file-format {file_format!r}: use one of {', '.join(FILE_FORMATS)}")
     if across_prompts and fmt != "preference":
         raise UserError("--across-prompts applies to --format preference only")
     extra: dict = {"across_prompts": True} if across_prompts else {}
     if since is not None:
         extra["since"] = _parse_since(since)
-    store = _open(db, config)
+    store = _open(db, config, must_exist=True)
     try:
         dataset, report = export(store, fmt, conversational=conversational, **extra)
     finally:
@@ -133,11 +144,13 @@ def export_cmd(
     if len(dataset) == 0:  # datasets writes an empty dataset that it cannot load again
         _print_report(f"{fmt}: 0 rows", report)
         raise UserError(f"nothing to export as {fmt}: no feedback row was usable (see above)")
-    dataset.save_to_disk(str(out))
-    (out / "export_report.json").write_text(json.dumps(report, indent=2))
-    if jsonl:
-        dataset.to_json(str(out / "data.jsonl"), lines=True)
+    rows = write_export(dataset, report, out, file_format=file_format, per_segment=per_segment)
     _print_report(f"{fmt}: {report['rows']} rows -> {out}", report)
+    for name, count in rows.items():
+        if name != "default":
+            typer.echo(f"  {name:37s} {count}")
+    if push_to_hub:
+        typer.echo(f"pushed: {push_export(out, push_to_hub, private=private)}")
 
 
 def _parse_since(value: str) -> datetime:
@@ -150,46 +163,88 @@ def _parse_since(value: str) -> datetime:
 
 
 def import_cmd(
-    path: Path = typer.Argument(..., help="JSONL/CSV file, or a Polis export folder."),
-    fmt: str = typer.Option(..., "--format", help="jsonl | csv | polis"),
+    path: Path = typer.Argument(..., help="File or folder to import (see --format)."),
+    fmt: str = typer.Option(
+        ...,
+        "--format",
+        help="jsonl (this project's events) | csv | polis (export folder) | trl (TRL / HF "
+        "preference, KTO or ratings dataset: .jsonl/.parquet/folder) | messages (OpenAI-style "
+        "chat JSONL with feedback) | argilla | label-studio (JSON export) | scores "
+        "(Langfuse / LangSmith-style score rows with input and output).",
+    ),
     mapping: list[str] | None = typer.Option(
         None,
         "--map",
-        help="CSV column=field (user_id, prompt, reply|item, rating|thumb, "
-        "event_id, created_at, comment, reason_tags, profile.KEY); repeatable.",
+        help="CSV column=field (user_id, prompt, reply|item, rating|thumb, chosen+rejected, "
+        "other_reply+choice, event_id, created_at, comment, reason_tags, profile.KEY); "
+        "repeatable.",
     ),  # fmt: skip
     db: str | None = DbOption,
     config: Path | None = ConfigOption,
-    prompt: str = typer.Option("", help="CSV: prompt of the rated items when none is mapped."),
+    prompt: str = typer.Option(
+        "", help="CSV: the prompt of rows without a prompt column (whatever column is the reply)."
+    ),
+    thumb_values: str | None = typer.Option(
+        None,
+        help="UP,DOWN[,CLEARED] cell values of thumbs, e.g. 1,0 (default: 1/-1, yes/no, "
+        "up/down, good/bad, ...; 0 = cleared).",  # fmt: skip
+    ),
+    rating_scale: str | None = typer.Option(
+        None, help="LOW,HIGH of the ratings, mapped onto 1..5 (e.g. 0,10; default 1,5)."
+    ),
+    reverse_scale: bool = typer.Option(False, help="Ratings: LOW is the best (turned round)."),
+    user: str = typer.Option(
+        "imported", help="trl/messages/argilla/label-studio/scores: user id of rows without one."
+    ),
+    question: list[str] | None = typer.Option(
+        None,
+        help="argilla/label-studio/scores: keep only this question, control (from_name) "
+        "or score name; repeatable (default: all that hold feedback).",
+    ),  # fmt: skip
     polis_pass: str = typer.Option("abstain", help="Polis pass votes: abstain (0) or skip."),
 ) -> None:
-    """Import feedback; bad rows are listed with their line number and skipped."""
-    from rlhf_persona.feedback import importers
+    """Import feedback; bad rows are listed with their line number and skipped. An import that
+    stores nothing into a new SQLite file leaves no file behind."""
+    from rlhf_persona.feedback import import_formats, importers
+    from rlhf_persona.feedback.db import remove_sqlite_files, sqlite_file
 
-    if fmt not in importers.IMPORTERS:
-        raise UserError(f"--format {fmt!r}: use one of {', '.join(importers.IMPORTERS)}")
+    formats = (*importers.IMPORTERS, *import_formats.FORMATS)
+    if fmt not in formats:
+        raise UserError(f"--format {fmt!r}: use one of {', '.join(formats)}")
     if fmt == "csv" and not mapping:
         raise UserError("--format csv needs --map COLUMN=FIELD options (e.g. --map score=rating)")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    store = _open(db, config)
+    values = importers.value_mapping(thumb_values, rating_scale, reverse_scale)
+    url = _url(db, config)
+    new_file = sqlite_file(url) is not None and not Path(sqlite_file(url)).exists()
+    store, report = _open(url), None
     try:
         if fmt == "jsonl":
             report = importers.import_jsonl(store, path)
         elif fmt == "csv":
-            report = importers.import_csv(
-                store, path, importers.parse_mapping(mapping or []), default_prompt=prompt
-            )
-        else:
+            report = importers.import_csv(store, path, importers.parse_mapping(mapping or []),
+                                          default_prompt=prompt, values=values)  # fmt: skip
+        elif fmt == "polis":
             report = importers.import_polis(store, path, pass_as=polis_pass)
+        else:
+            report = import_formats.import_records(store, path, fmt, values=values,
+                                                   default_user=user,
+                                                   questions=question or ())  # fmt: skip
     finally:
         store.close()
+        if new_file and (report is None or not report.users):
+            remove_sqlite_files(url)  # a failed import leaves no empty database behind
     data = report.to_dict()
     _print_report(f"imported {path}: {report.rows} rows, {report.users} users", data)
     for row in data["bad_rows"][:20]:
         typer.echo(f"  line {row['line']}: {row['reason']}", err=True)
     if len(report.bad_rows) > 20:
         typer.echo(f"  ... and {len(report.bad_rows) - 20} more bad rows", err=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if not report.users:
+        raise UserError(f"{path}: nothing imported (no valid {fmt} row)")
 
 
 def _print_report(title: str, report: dict) -> None:
@@ -216,7 +271,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(db: str | None = DbOption) -> None:
     """List API keys (prefix, role, name, created, revoked)."""
-    store = _open(db)
+    store = _open(db, must_exist=True)
     try:
         for key in store.list_api_keys():
             revoked = f" revoked {key['revoked_at']:%Y-%m-%d}" if key["revoked_at"] else ""
@@ -231,7 +286,7 @@ def keys_revoke(
     db: str | None = DbOption,
 ) -> None:
     """Revoke a key (running services notice within api_key_cache_seconds)."""
-    store = _open(db)
+    store = _open(db, must_exist=True)
     try:
         if not store.revoke_api_key(prefix):
             raise UserError(f"no active key starting with {prefix[:10]!r}")
@@ -244,12 +299,7 @@ def db_upgrade(
     revision: str = typer.Option("head", help="Target revision."), db: str | None = DbOption
 ) -> None:
     """Apply migrations up to REVISION (opening the store does this to head anyway)."""
-    from rlhf_persona.feedback import migrate
-    from rlhf_persona.feedback.db import make_engine
-
-    engine = make_engine(_url(db, None))
-    migrate.upgrade(engine, revision)
-    typer.echo(f"at revision {migrate.current_revision(engine)}")
+    _migrate(db, "upgrade", revision)
 
 
 @db_app.command("downgrade")
@@ -258,12 +308,26 @@ def db_downgrade(
     db: str | None = DbOption,
 ) -> None:
     """Revert migrations down to REVISION."""
-    from rlhf_persona.feedback import migrate
-    from rlhf_persona.feedback.db import make_engine
+    _migrate(db, "downgrade", revision, must_exist=True)
 
-    engine = make_engine(_url(db, None))
-    migrate.downgrade(engine, revision)
-    typer.echo(f"at revision {migrate.current_revision(engine)}")
+
+def _migrate(db: str | None, direction: str, revision: str, must_exist: bool = False) -> None:
+    import sqlalchemy as sa
+
+    from rlhf_persona.feedback import migrate
+    from rlhf_persona.feedback.db import make_engine, require_existing, unreachable
+
+    url = _url(db, None)
+    if must_exist:
+        require_existing(url)
+    engine = make_engine(url)
+    try:
+        getattr(migrate, direction)(engine, revision)
+        typer.echo(f"at revision {migrate.current_revision(engine)}")
+    except sa.exc.OperationalError as exc:
+        raise unreachable(url, exc) from None
+    finally:
+        engine.dispose()
 
 
 def register(app: typer.Typer) -> None:

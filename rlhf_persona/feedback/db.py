@@ -56,6 +56,33 @@ def resolve_url(
     return value
 
 
+def require_existing(url: str) -> None:
+    """Raise a ``UserError`` when ``url`` is a SQLite file that does not exist: commands that only
+    read a store must not leave an empty database behind a mistyped path."""
+    path = sqlite_file(url)
+    if path is not None and not Path(path).is_file():
+        raise UserError(
+            f"{path}: no feedback database there (nothing was created); pass --db with an "
+            "existing store, or import or collect feedback first"
+        )
+
+
+def unreachable(url: str, exc: Exception) -> UserError:
+    """One line naming the database (password hidden) and the driver's first line of why."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    parsed = sa.engine.make_url(url)
+    shown = describe_url(parsed.set(drivername=parsed.get_backend_name()))  # as users write it
+    return UserError(f"cannot open the database {shown}: {reason[0] if reason else type(exc)}")
+
+
+def remove_sqlite_files(url: str) -> None:
+    """Delete a SQLite database with its WAL, shared-memory and writer-lock files."""
+    path = sqlite_file(url)
+    if path is not None:
+        for suffix in ("", "-wal", "-shm", "-journal", "-writer.lock"):
+            Path(path + suffix).unlink(missing_ok=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the pragmas / pool settings above; ``url`` as given by ``resolve_url``."""
     try:
@@ -227,6 +254,6 @@ def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
-def describe_url(url: str) -> str:
+def describe_url(url: str | sa.URL) -> str:
     """The URL with any password hidden, for messages and logs."""
     return sa.engine.make_url(url).render_as_string(hide_password=True)

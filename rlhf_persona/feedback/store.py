@@ -32,7 +32,14 @@ from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rlhf_persona.feedback import ingest, migrate
-from rlhf_persona.feedback.db import WriteLock, make_engine, resolve_url, writer
+from rlhf_persona.feedback.db import (
+    WriteLock,
+    make_engine,
+    require_existing,
+    resolve_url,
+    unreachable,
+    writer,
+)
 from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
 from rlhf_persona.feedback.ingest import EventResult
 from rlhf_persona.feedback.models import (
@@ -106,6 +113,8 @@ class FeedbackStore:
     ``url_or_path``: a SQLAlchemy URL (``sqlite:///f.db``, ``postgresql://...``), a file path,
     or None for ``$RLHF_PERSONA_DATABASE_URL`` / ``./feedback.db``. ``hash_key``: key of the
     keyed hashes (default ``$RLHF_PERSONA_HASH_KEY``, else the documented development key).
+    ``must_exist``: a SQLite file that does not exist is a ``UserError`` (read-only commands).
+    A database that cannot be reached is a one-line ``UserError`` naming its URL.
     """
 
     def __init__(
@@ -115,8 +124,11 @@ class FeedbackStore:
         hash_key: str | None = None,
         migrate_schema: bool = True,
         batch_size: int = 1000,
+        must_exist: bool = False,
     ) -> None:
         self.url = resolve_url(url_or_path)
+        if must_exist:
+            require_existing(self.url)
         self.engine = make_engine(self.url)
         self._writer = writer(self.engine)
         self.write_lock = WriteLock(self.url)  # shared with the service's WAL checkpointer
@@ -124,16 +136,22 @@ class FeedbackStore:
         self.hasher = KeyedHasher(hash_key)
         self.batch_size = batch_size
         if migrate_schema:
-            migrate.upgrade(self.engine)
+            try:
+                migrate.upgrade(self.engine)
+            except sa.exc.OperationalError as exc:  # server down, bad credentials, unwritable
+                self.close()
+                raise unreachable(self.url, exc) from None
 
     @classmethod
-    def from_config(cls, store_config: Any, run_dir: Any = None, **kwargs: Any) -> FeedbackStore:
-        """The store of an experiment: ``store.url`` of the config, else
-        ``$RLHF_PERSONA_DATABASE_URL``, else ``feedback.db`` in ``run_dir``."""
+    def from_config(
+        cls, store_config: Any, run_dir: Any = None, url: str | None = None, **kwargs: Any
+    ) -> FeedbackStore:
+        """The store of an experiment: ``url`` (a ``--db`` option) when given, else ``store.url``
+        of the config, else ``$RLHF_PERSONA_DATABASE_URL``, else ``feedback.db`` in ``run_dir``."""
         from pathlib import Path
 
         default_dir = Path(run_dir) if run_dir is not None else None
-        return cls(resolve_url(store_config.url, default_dir=default_dir), **kwargs)
+        return cls(resolve_url(url or store_config.url, default_dir=default_dir), **kwargs)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -324,6 +342,21 @@ class FeedbackStore:
                 .limit(1)
             ).scalar()
         return {**self._user_dict(row), "segment": segment}
+
+    def find_user(self, user_id_or_external: str) -> dict[str, Any]:
+        """``get_user`` by store user id, else by external id (an id an importer hashed, such as
+        a CSV's ``alice``); NotFound / Gone as ``get_user``."""
+        try:
+            return self.get_user(user_id_or_external)
+        except NotFound:
+            ext = self.hasher.external_id(user_id_or_external)
+            with self.engine.connect() as conn:
+                found = conn.execute(
+                    sa.select(users.c.user_id).where(users.c.external_id_hash == ext)
+                ).scalar()
+            if found is None:
+                raise
+            return self.get_user(found)
 
     def users(self) -> list[dict[str, Any]]:
         """All users not deleted: user_id, profile, meta, consent, created_at (oldest first)."""

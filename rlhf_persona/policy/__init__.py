@@ -8,23 +8,23 @@
 
 One module per algorithm (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``), each a thin layer over
 its TRL trainer; conditioning strategies live in ``strategies.py``.
+Exports load lazily, so importing the package (e.g. for the CLI) does not import TRL.
 """
 
-from rlhf_persona.policy.generate import PolicyGenerator
-from rlhf_persona.policy.registry import BASE, GLOBAL, AdapterInfo, AdapterRegistry
-from rlhf_persona.policy.strategies import STRATEGIES, Route, Strategy, TrainJob
-from rlhf_persona.policy.train import ALGORITHMS, train_policies
+from importlib import import_module
 
-__all__ = [
-    "ALGORITHMS",
-    "BASE",
-    "GLOBAL",
-    "STRATEGIES",
-    "AdapterInfo",
-    "AdapterRegistry",
-    "PolicyGenerator",
-    "Route",
-    "Strategy",
-    "TrainJob",
-    "train_policies",
-]
+_EXPORTS = {
+    "PolicyGenerator": "rlhf_persona.policy.generate",
+    **dict.fromkeys(("BASE", "GLOBAL", "AdapterInfo", "AdapterRegistry"),
+                    "rlhf_persona.policy.registry"),
+    **dict.fromkeys(("STRATEGIES", "Route", "Strategy", "TrainJob"),
+                    "rlhf_persona.policy.strategies"),
+    **dict.fromkeys(("ALGORITHMS", "train_policies"), "rlhf_persona.policy.train"),
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rlhf_persona.policy' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

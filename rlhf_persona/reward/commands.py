@@ -36,9 +36,7 @@ def _store_data(cfg, db: str | None, segmenter: Path | None):
     from rlhf_persona.feedback.export import export_preference
     from rlhf_persona.segmentation import Segmenter
 
-    store = (
-        FeedbackStore(db) if db is not None else FeedbackStore.from_config(cfg.store, cfg.run_dir)
-    )
+    store = FeedbackStore.from_config(cfg.store, cfg.run_dir, url=db, must_exist=True)
     export = export_preference(store, across_prompts=cfg.reward.pairs_across_prompts)
     folder = segmenter or cfg.run_dir / "segmenter" / cfg.run.name
     cards = Segmenter.load(folder).cards_ if (folder / "segmenter.json").is_file() else None

@@ -54,7 +54,7 @@ def personal(
     else:
         from rlhf_persona.feedback import FeedbackStore
 
-        store = FeedbackStore(db) if db else FeedbackStore.from_config(cfg.store, cfg.run_dir)
+        store = FeedbackStore.from_config(cfg.store, cfg.run_dir, url=db, must_exist=True)
         report = pe.store_levels(
             store, split=split, options=tuple(options), behaviour=cfg.segmentation.behaviour,
             shrinkage=r.user_shrinkage, k=cfg.segmentation.k, seed=cfg.run.seed,

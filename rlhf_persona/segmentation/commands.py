@@ -29,8 +29,8 @@ def _open_store(cfg, db: str | None):
     from rlhf_persona.feedback import FeedbackStore
 
     if db is not None:
-        return FeedbackStore(db)
-    return FeedbackStore.from_config(cfg.store, cfg.run_dir)
+        return FeedbackStore(db, must_exist=True)
+    return FeedbackStore.from_config(cfg.store, cfg.run_dir, must_exist=True)
 
 
 @app.command("fit")

@@ -16,6 +16,7 @@ from rlhf_persona.feedback.chat.batcher import MicroBatcher
 from rlhf_persona.feedback.chat.commands import chat_env
 from rlhf_persona.feedback.chat.serving import REASON_TAGS
 from rlhf_persona.feedback.chat.tokens import TokenError, mint_token, token_key, verify_token
+from rlhf_persona.feedback.store import FeedbackStore
 
 
 def test_tokens_carry_their_user_and_expire():
@@ -108,6 +109,9 @@ def test_serve_chat_options_become_settings_and_a_bad_registry_is_refused(tmp_pa
 def test_commands_name_bad_input(tmp_path):
     runner = CliRunner()
     db = tmp_path / "f.db"
+    result = runner.invoke(app, ["chat-link", "ghost", "--db", str(db)])
+    assert "no feedback database" in str(result.exception)  # a missing file is not created
+    FeedbackStore(db).close()  # an existing store without that user
     result = runner.invoke(app, ["chat-link", "ghost", "--db", str(db)])
     assert isinstance(result.exception, UserError) and "ghost" in str(result.exception)
     result = runner.invoke(app, ["simulate-traffic", "--url", "localhost:8000"])

@@ -4,11 +4,15 @@ the datasets load with ``datasets`` and train one step of TRL's DPO, KTO and rew
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from datasets import load_from_disk
+from datasets import load_dataset
 from feedback_helpers import event
+from hub_standin import HubStandIn
 from typer.testing import CliRunner
 
 from rlhf_persona.cli import app
@@ -135,9 +139,97 @@ def test_export_cli_writes_dataset_and_prints_counts(filled, tmp_path):
     assert result.exit_code == 0, result.output
     assert "preference: 3 rows" in result.output
     assert "contradictory_pair" in result.output and "no_consent" in result.output
-    loaded = load_from_disk(str(out))
+    loaded = load_dataset(str(out), split="train")  # a plain folder: train.jsonl + card
     assert len(loaded) == 3 and "margin" in loaded.column_names
     assert (out / "export_report.json").exists()
+
+
+def test_export_per_segment_parquet_and_card(filled, tmp_path):
+    out = tmp_path / "kto"
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--db",
+            filled.url,
+            "--format",
+            "kto",
+            "--out",
+            str(out),
+            "--file-format",
+            "parquet",
+            "--per-segment",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "segment_3" in result.output and "segment_none" in result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == [
+        "segment_3/train.parquet", "segment_none/train.parquet", "train.parquet"]  # fmt: skip
+    everyone = load_dataset(str(out), split="train")
+    seg3 = load_dataset(str(out), "segment_3", split="train")  # a config of the dataset card
+    assert set(seg3["segment_id"]) == {3} and set(seg3["user_id"]) == {"u1"}
+    alone = load_dataset(str(out / "segment_none"), split="train")  # or a folder on its own
+    assert len(seg3) + len(alone) == len(everyone) == 3
+    assert everyone.features["label"].dtype == "bool"
+    bad = CliRunner().invoke(app, ["export", "--db", filled.url, "--format", "kto", "--out",
+                                   str(tmp_path / "x"), "--file-format", "csv"])  # fmt: skip
+    assert "--file-format 'csv'" in str(bad.exception)
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    repo = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": repo, "WANDB_MODE": "disabled", **extra}
+
+
+def test_trl_dpo_cli_trains_on_an_export(filled, tmp_path, tiny_test_path):
+    """TRL's own command line reads the export folder as it is (one CPU step, tiny model)."""
+    out = tmp_path / "pref"
+    assert (
+        CliRunner()
+        .invoke(
+            app,
+            [
+                "export",
+                "--db",
+                filled.url,
+                "--format",
+                "preference",
+                "--out",
+                str(out),
+                "--per-segment",
+            ],
+        )
+        .exit_code
+        == 0
+    )
+    trl = Path(sys.executable).with_name("trl")
+    args = [str(trl), "dpo", "--model_name_or_path", str(tiny_test_path), "--dataset_name",
+            str(out), "--dataset_config", "segment_3", "--output_dir", str(tmp_path / "dpo"),
+            "--use_cpu", "--max_steps", "1", "--bf16", "false", "--report_to", "none",
+            "--per_device_train_batch_size", "2", "--save_strategy", "no"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, env=_cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'train_loss': '0.6931'" in done.stdout + done.stderr  # log 2: DPO's first step
+    assert (tmp_path / "dpo" / "model.safetensors").is_file()
+
+
+def test_export_push_to_hub_stand_in(filled, tmp_path):
+    """--push-to-hub goes through huggingface_hub's create_repo + upload_folder; a local
+    stand-in of the Hub's endpoints receives the files, which load as the dataset."""
+    root = tmp_path / "hub"
+    with HubStandIn(root) as hub:
+        args = [sys.executable, "-m", "rlhf_persona.cli", "export", "--db", filled.url,
+                "--format", "preference", "--out", str(tmp_path / "pref"), "--push-to-hub",
+                "me/prefs", "--private"]  # fmt: skip
+        env = _cli_env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_TOKEN="hf_standin")
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"pushed: {hub.url}/datasets/me/prefs/commit/" in done.stdout
+        assert hub.app.state.created == [("dataset", "me/prefs", "private")]
+        assert "config_name: default" in hub.app.state.cards[0]
+    assert sorted(p.name for p in (root / "me" / "prefs").iterdir()) == [
+        "README.md", "export_report.json", "train.jsonl"]  # fmt: skip
+    assert len(load_dataset(str(root / "me" / "prefs"), split="train")) == 3
 
 
 def test_preference_pairs_across_prompts(filled):
@@ -221,7 +313,7 @@ def test_export_cli_since(filled, tmp_path):
     args = ["export", "--format", "kto", "--out", str(out), "--db", str(filled.url)]
     result = CliRunner().invoke(app, [*args, "--since", "2026-01-01T00:00"])
     assert result.exit_code == 0, result.output
-    assert load_from_disk(str(out)).num_rows > 0
+    assert load_dataset(str(out), split="train").num_rows > 0
     empty = CliRunner().invoke(app, [*args[:4], str(tmp_path / "e"), *args[5:], "--since",
                                      "2999-01-01"])  # fmt: skip
     assert empty.exit_code != 0 and "before_since" in empty.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,15 @@ from rlhf_persona.cli import app
 from rlhf_persona.errors import UserError
 from rlhf_persona.feedback.importers import import_csv, import_jsonl, import_polis, parse_mapping
 
-POLIS = Path(__file__).resolve().parents[3] / "shared" / "data" / "polis"
+# the shared data folder beside the checkout (or beside the folder of its git worktrees)
+POLIS = next(
+    (
+        p / "shared" / "data" / "polis"
+        for p in Path(__file__).resolve().parents[3:5]
+        if (p / "shared" / "data" / "polis").is_dir()
+    ),
+    Path("shared/data/polis"),
+)
 
 
 def _polis_truth(folder: Path) -> dict:
@@ -59,6 +68,27 @@ def test_polis_import_matches_the_export_counts(sqlite_store, conversation):
     assert dict(again.events) == {"duplicate": truth["vote_rows"]}
 
 
+def test_polis_matrix_only_folder(sqlite_store, tmp_path):
+    """A folder with only participants-votes.csv: every filled cell is a current vote; the
+    statements are placeholders; the report counts each participant once."""
+    folder = tmp_path / "brexit-consensus"
+    folder.mkdir()
+    shutil.copy(POLIS / folder.name / "participants-votes.csv", folder)
+    truth = _polis_truth(POLIS / folder.name)
+    report = import_polis(sqlite_store, folder)
+    assert report.users == truth["participants"] and report.bad_rows == []
+    values = Counter(e["value"] for e in sqlite_store.events("thumbs"))
+    assert (values[1], values[-1]) == (truth["agree"], truth["disagree"])
+    assert sum(values.values()) == truth["votes"] == report.rows
+    replies = {e["reply"] for e in sqlite_store.events("thumbs")}
+    assert "Polis statement 0" in replies
+    assert import_polis(sqlite_store, folder).events == Counter(duplicate=truth["votes"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no votes.csv or participants-votes.csv"):
+        import_polis(sqlite_store, empty)
+
+
 def test_polis_import_on_postgres_and_tombstone_on_reimport(store):
     folder = POLIS / "15-per-hour-seattle"
     import_polis(store, folder)
@@ -97,7 +127,8 @@ def test_csv_import_with_mapping_reports_bad_rows_by_line(sqlite_store, tmp_path
     assert report.rows == 7
     assert [line for line, _ in report.bad_rows] == [4, 5, 8]  # "five", no user, rating 7
     reasons = dict(report.bad_rows)
-    assert "rating" in reasons[4] and "user_id" in reasons[5] and "value" in reasons[8]
+    assert "rating" in reasons[4] and "user_id" in reasons[5]
+    assert "outside the scale 1..5" in reasons[8]
     assert report.events["created"] == 4
     users = {u["user_id"]: u["profile"] for u in sqlite_store.users()}
     alice = sqlite_store.hasher.pseudonym("alice")
@@ -147,7 +178,8 @@ def test_jsonl_import_users_events_and_bad_lines(sqlite_store, tmp_path):
     report = import_jsonl(sqlite_store, path)
     assert [line for line, _ in report.bad_rows] == [3, 4, 7]
     assert "value" in dict(report.bad_rows)[4]
-    assert report.users == 1 and dict(report.events) == {"created": 2}
+    # users: j1 (its line) and j2 (created by its event): each written user counts once
+    assert report.users == 2 and dict(report.events) == {"created": 2}
     assert sqlite_store.get_user("j1")["profile"] == {"age_band": "35-44"}
     assert {e["event_id"] for e in sqlite_store.events()} == {"j-e1", "j-e3"}
     # what the store exports as events can be imported again (round trip)

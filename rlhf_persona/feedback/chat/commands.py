@@ -119,8 +119,8 @@ def chat_link(
     from rlhf_persona.feedback.db import resolve_url
     from rlhf_persona.feedback.store import FeedbackStore
 
-    with FeedbackStore(resolve_url(db)) as store:
-        store.get_user(user_id)  # a clear error for an unknown or deleted user
+    with FeedbackStore(resolve_url(db), must_exist=True) as store:
+        user_id = store.find_user(user_id)["user_id"]  # a clear error for unknown / deleted
     key = token_key(os.environ.get("RLHF_PERSONA_CHAT_TOKEN_SECRET"))
     typer.echo(f"{base_url.rstrip('/')}/chat?token={mint_token(key, user_id, ttl)}")
 
