@@ -40,6 +40,11 @@ class TrackingConfig(Section):
     )
     project: str = Field("rlhf-persona", description="W&B project name.")
     entity: str | None = Field(None, description="W&B entity (team); None uses your default.")
+    log_artifacts: bool = Field(
+        True,
+        description="Log each round's adapters, reward model, segmenter and training data as W&B "
+        "artifacts (added in place, not copied: keep the run folder until it is synced).",
+    )
 
 
 class ModelsConfig(Section):

@@ -142,6 +142,16 @@ def _reward_accuracy(rm, users, items, generator, embed, round, gen_kw, base_rep
     }
 
 
+def replies_to_generate(items: EvalItems, segments: list[int], rm: bool, best_of_n: int,
+                        diagnostic_prompts: int | None) -> int:  # fmt: skip
+    """How many replies ``evaluate_policies`` generates (the length of its progress bar)."""
+    n = len(items.prompts)
+    diag = items.segments[items.first_prompts(diagnostic_prompts)]
+    gap = sum(int((diag != s).sum()) for s in segments) if len(segments) > 1 else 0
+    best = n * best_of_n if best_of_n > 1 and rm else 0
+    return 3 * n + best + gap + (len(diag) if rm else 0)
+
+
 def evaluate_policies(
     users: Users,
     items: EvalItems,

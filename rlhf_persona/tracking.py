@@ -4,6 +4,12 @@
 ``RUN_DIR/metrics.jsonl`` one JSON object per ``log`` call (W&B keeps metrics in a binary file,
                           so the JSON lines are what a person or a test reads)
 ``RUN_DIR/wandb/``       the W&B run folder (offline mode needs no network)
+
+W&B's x-axes are defined metrics, never ``wandb.log(step=...)`` (W&B drops a record whose step
+is behind its counter): per-round records (``eval/*``, ``policy/*``, ``reward/*``, ...) are
+plotted against ``round``; each trainer's per-step curve (``policy_train/ADAPTER/*``,
+``reward_train/PHASE/*``) against its own ``.../step``, counted on across rounds.
+``read_wandb_records`` reads an offline run back with W&B's own reader (``wandb leet inspect``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -54,6 +62,8 @@ class Run:
         config: the resolved experiment config (any pydantic model), saved as ``config.yaml``.
         wandb_mode: ``offline`` (default), ``online`` or ``disabled``.
         project, entity, name: passed to ``wandb.init``.
+        resume: continue the W&B run of an earlier process on this folder.
+        artifacts: whether ``log_artifact`` logs (``tracking.log_artifacts``).
     """
 
     def __init__(
@@ -65,8 +75,10 @@ class Run:
         entity: str | None = None,
         name: str | None = None,
         resume: bool = False,
+        artifacts: bool = True,
     ):
         self.dir = Path(run_dir)
+        self.artifacts = artifacts
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.wandb_mode = wandb_mode
@@ -75,6 +87,10 @@ class Run:
         self._wandb = None
         if wandb_mode != "disabled":
             self._wandb = self._init_wandb(config, project, entity, name, resume)
+        self.round: int | None = None  # the loop's current round: the x of per-round records
+        self._curves: dict[str, int] = {}  # curve group -> steps logged before this trainer
+        self._curve_start: dict[str, int] = {}
+        self._defined: set[str] = set()
 
     def _init_wandb(self, config, project, entity, name, resume):
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -101,6 +117,9 @@ class Run:
             )
             run = wandb.init(**kwargs)
         run_id_file.write_text(run.id)
+        run.define_metric("round")
+        for section in ROUND_SECTIONS:
+            run.define_metric(f"{section}/*", step_metric="round")
         return run
 
     @property
@@ -112,20 +131,70 @@ class Run:
     def wandb_dir(self) -> Path | None:
         return Path(self._wandb.dir).parent if self._wandb is not None else None
 
+    def _append(self, record: dict) -> None:
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps({"time": time.time(), **record}) + "\n")
+
     def log(self, metrics: dict, step: int | None = None, stage: str | None = None) -> None:
-        """Append metrics (nested dicts allowed) to metrics.jsonl and W&B."""
-        record = {"time": time.time()}
-        if step is not None:
-            record["step"] = step
+        """Append metrics (nested dicts allowed) to metrics.jsonl and W&B. ``step`` is the round
+        (default: ``self.round``); in W&B the numbers go under ``STAGE/`` against ``round``."""
+        step = self.round if step is None else step
+        record = {} if step is None else {"step": step}
         if stage is not None:
             record["stage"] = stage
-        record.update(_jsonable(metrics))
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        self._append({**record, **_jsonable(metrics)})
         if self._wandb is not None:
             flat = _flatten(_jsonable(metrics), f"{stage}/" if stage else "")
-            numeric = {k: v for k, v in flat.items() if isinstance(v, int | float)}
-            self._wandb.log(numeric, step=step)
+            numeric = {k: v for k, v in flat.items() if _is_number(v)}
+            if step is not None:
+                numeric["round"] = step
+            self._wandb.log(numeric)
+
+    def log_curve(self, group: str, logs: dict, step: int, section: str = "train") -> None:
+        """One point of a trainer's per-step curve: W&B keys ``SECTION/GROUP/NAME`` against
+        ``SECTION/GROUP/step``, which counts on from the group's previous trainers (a round's
+        adapter continues last round's curve). Call ``start_curve`` before each trainer."""
+        key = f"{section}/{group}"
+        at = self._curve_start.get(key, 0) + int(step)
+        self._curves[key] = max(self._curves.get(key, 0), at)
+        self._append({"stage": section, "group": group, "step": at, "round": self.round,
+                      **_jsonable(logs)})  # fmt: skip
+        if self._wandb is None:
+            return
+        if key not in self._defined:
+            self._defined.add(key)
+            self._wandb.define_metric(f"{key}/step")
+            self._wandb.define_metric(f"{key}/*", step_metric=f"{key}/step")
+        flat = _flatten(_jsonable(logs), f"{key}/")
+        self._wandb.log({**{k: v for k, v in flat.items() if _is_number(v)}, f"{key}/step": at})
+
+    def start_curve(self, group: str, section: str = "train") -> None:
+        key = f"{section}/{group}"
+        self._curve_start[key] = self._curves.get(key, 0)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        """A ``wandb.Table`` (e.g. sample replies) against the current round; W&B only."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        table = wandb.Table(columns=columns, data=[[_jsonable(v) for v in r] for r in rows])
+        self._wandb.log({key: table, **({} if self.round is None else {"round": self.round})})
+
+    def log_artifact(self, path: str | Path, name: str, type: str, metadata: dict | None = None):
+        """Log the file or folder ``path`` as a W&B artifact (a new version of ``name``). Files
+        are added in place (``policy="immutable"``): run folders are never rewritten."""
+        if self._wandb is None or not self.artifacts or not Path(path).exists():
+            return None
+        import wandb
+
+        artifact = wandb.Artifact(_artifact_name(name), type=type, metadata=_jsonable(metadata))
+        if Path(path).is_dir():
+            artifact.add_dir(str(path), policy="immutable")
+        else:
+            artifact.add_file(str(path), policy="immutable")
+        aliases = ["latest"] + ([f"round-{self.round}"] if self.round is not None else [])
+        return self._wandb.log_artifact(artifact, aliases=aliases)
 
     def summary(self, values: dict) -> None:
         if self._wandb is not None:
@@ -141,6 +210,33 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.finish()
+
+
+ROUND_SECTIONS = ("eval", "policy", "reward", "collect", "segment")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float)
+
+
+def _artifact_name(name: str) -> str:
+    """W&B artifact names allow letters, digits, ``-``, ``_`` and ``.``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def read_wandb_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """The records of the run's W&B transaction log (``RUN_DIR/wandb/*/run-*.wandb``, e.g. an
+    offline run) as W&B's own reader prints them (``wandb leet inspect --json``); ``kind``:
+    only records of that type (``history``, ``metric``, ``artifact``, ``summary``, ...)."""
+    files = sorted(Path(run_dir).glob("wandb/*-run-*/run-*.wandb"))
+    records = []
+    for path in files:
+        out = subprocess.run(
+            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
+            capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        records += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return [r for r in records if kind is None or r.get("type") == kind]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -160,4 +256,23 @@ def start_run(cfg, resume: bool = False) -> Run:
         entity=cfg.tracking.entity,
         name=cfg.run.name,
         resume=resume,
+        artifacts=cfg.tracking.log_artifacts,
     )
+
+
+def trainer_logger(run: Run, group: str, section: str = "train"):
+    """A transformers ``TrainerCallback`` that sends a trainer's logs (loss, rewards, KL, ...:
+    whatever TRL logs each step) to ``run.log_curve(group, ...)``. Trainers keep
+    ``report_to=[]``: transformers' own W&B callback re-keys the whole run to its
+    ``train/global_step``, which restarts with every trainer of a round."""
+    from transformers import TrainerCallback
+
+    class CurveLogger(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            run.start_curve(group, section)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                run.log_curve(group, logs, state.global_step, section)
+
+    return CurveLogger()

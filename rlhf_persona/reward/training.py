@@ -41,17 +41,6 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._t)
 
 
-class RunLogger(TrainerCallback):
-    """Forwards the trainer's logs (loss, accuracy, margin, ...) to a ``tracking.Run``."""
-
-    def __init__(self, run, phase: str):
-        self.run, self.phase = run, phase
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.run is not None and logs:
-            self.run.log({"phase": self.phase, "step": state.global_step, **logs}, stage="reward")
-
-
 def step_seconds(times: list[float]) -> float:
     """Typical step time: the median, skipping the first step (allocations, caches)."""
     t = times[1:] if len(times) > 1 else times
@@ -73,7 +62,7 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
 
 
 def trainer_args(cfg, *, n_rows: int, epochs: float, seed: int, remove_unused: bool):
-    """TRL ``RewardConfig`` for one phase (no checkpoints; logs go through ``RunLogger``)."""
+    """TRL ``RewardConfig`` for one phase (no checkpoints; logs go through ``trainer_logger``)."""
     from trl import RewardConfig
 
     steps = math.ceil(n_rows / cfg.batch_size) * epochs
@@ -118,13 +107,18 @@ def train_phase(
 
     args = trainer_args(cfg, n_rows=len(rows), epochs=epochs, seed=seed, remove_unused=False)
     timer = StepTimer()
+    callbacks = [timer]
+    if run is not None:  # loss, accuracy, margin, ... per step: W&B reward_train/PHASE/*
+        from rlhf_persona.tracking import trainer_logger
+
+        callbacks.append(trainer_logger(run, phase, "reward_train"))
     trainer = RewardTrainer(
         model=model,
         args=args,
         train_dataset=rows,
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=[timer, RunLogger(run, phase)],
+        callbacks=callbacks,
         optimizers=(make_optimizer(model, cfg), None),
     )
     start = time.perf_counter()
