@@ -153,7 +153,9 @@ def trainer_args(
         data_seed=seed,
         use_cpu=not on_gpu,
         bf16=bf16 and on_gpu,  # bf16 on CPU is up to 16x slower (DESIGN.md)
-        gradient_checkpointing=False,  # tiny models: recomputation costs more than it saves
+        # tiny models: recomputation costs more than it saves (TRL defaults it on; this name,
+        # not the deprecated gradient_checkpointing, keeps transformers from warning)
+        activation_checkpointing=False,
         logging_steps=1,
         save_strategy="no",
         # One W&B run spans many trainers; transformers' W&B callback would re-key the run's

@@ -211,6 +211,10 @@ def _train_job(
     trainer = algo.train(model, tokenizer, _format(rows, algo, tokenizer), cfg, scratch, **common)
     history += trainer.state.log_history
     out = registry.adapter_dir(job.name)
+    # PEFT reads the base's config at save time: give it the loaded folder (a continued
+    # adapter's config holds the portable spec written below, which PEFT cannot open).
+    base_path = trainer.model.get_base_model().config.name_or_path
+    trainer.model.peft_config["default"].base_model_name_or_path = base_path
     # Only the trained adapter: TRL may add a frozen "ref" copy when warm-starting.
     trainer.model.save_pretrained(str(out), selected_adapters=["default"])
     tokenizer.save_pretrained(str(out))  # with its chat template: the folder serves on its own

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self._t)
+
+
+class BarOnly(ProgressCallback):
+    """The trainer's step bar (count, rate, ETA) without a printed dict per logging step (the
+    numbers go to the tracking run instead)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
 
 
 def step_seconds(times: list[float]) -> float:
@@ -77,7 +86,7 @@ def trainer_args(cfg, *, n_rows: int, epochs: float, seed: int, remove_unused: b
         weight_decay=0.0,
         use_cpu=not torch.cuda.is_available(),
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # (gradient_checkpointing: a deprecated alias)
         save_strategy="no",
         report_to=[],
         logging_steps=max(1, max_steps // 10),
@@ -121,6 +130,8 @@ def train_phase(
         callbacks=callbacks,
         optimizers=(make_optimizer(model, cfg), None),
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(BarOnly())
     start = time.perf_counter()
     out = trainer.train()
     seconds = time.perf_counter() - start
