@@ -29,10 +29,17 @@ POLICIES = ("base", "global", "personalized")
 PLOTS = ("satisfaction", "gain", "reward_accuracy", "segment_sizes", "kl")
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path) -> str:
+    """Write the PNG; returns its description (titles and axis labels: the page's alt text)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    parts = []
+    for ax in fig.axes:
+        parts.append(f"{ax.get_title()} (x: {ax.get_xlabel() or '-'}; y: {ax.get_ylabel() or '-'})")
+    title = fig._suptitle.get_text() if fig._suptitle else ""
+    description = "; ".join(dict.fromkeys([title] * bool(title) + parts))
+    fig.savefig(path, dpi=90, metadata={"Description": description})
     plt.close(fig)
+    return description
 
 
 def _eval_records(run_dir: Path) -> list[dict]:
@@ -43,7 +50,7 @@ def _eval_records(run_dir: Path) -> list[dict]:
     return [latest[r] for r in sorted(latest)]
 
 
-def _plot_satisfaction(records: list[dict], path: Path) -> None:
+def _plot_satisfaction(records: list[dict], path: Path) -> str:
     if len(records) == 1:
         return _bars_one_round(records[0], path)
     segments = sorted(records[-1]["segments"])
@@ -60,10 +67,10 @@ def _plot_satisfaction(records: list[dict], path: Path) -> None:
     axes[0][0].set_ylabel("true thumbs-up rate")
     axes[0][-1].legend(loc="lower right")
     fig.suptitle("Satisfaction per segment")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _bars_one_round(record: dict, path: Path) -> None:
+def _bars_one_round(record: dict, path: Path) -> str:
     """Satisfaction of a one-round run: bars per policy, grouped by segment."""
     segments = sorted(record["segments"])
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(segments)), 3.4))
@@ -75,12 +82,12 @@ def _bars_one_round(record: dict, path: Path) -> None:
     ax.set_xticks(range(len(segments)), segments)
     ax.set_ylim(0, 1)
     ax.set_ylabel("true thumbs-up rate")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_title(f"Satisfaction per segment (round {record['round']}, the only round)")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _plot_gain(records: list[dict], path: Path) -> None:
+def _plot_gain(records: list[dict], path: Path) -> str:
     """Last round: personalized minus base / global per segment, with 95% intervals."""
     gains = records[-1].get("gain", {})
     segs = sorted(gains)
@@ -95,12 +102,14 @@ def _plot_gain(records: list[dict], path: Path) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(segs)), segs)
     ax.set_ylabel("thumbs-up rate difference")
-    ax.legend()
-    ax.set_title(f"Gain of the personalized policy (round {records[-1]['round']}, 95% CI)")
-    _save(fig, path)
+    if segs:
+        ax.legend()
+    title = f"round {records[-1]['round']}, 95% CI" if segs else "not recorded in this run"
+    ax.set_title(f"Gain of the personalized policy ({title})")
+    return _save(fig, path)
 
 
-def _plot_reward_accuracy(records: list[dict], path: Path) -> None:
+def _plot_reward_accuracy(records: list[dict], path: Path) -> str:
     last = records[-1].get("reward", {})
     accs = last.get("per_segment_acc", {})
     ceil = last.get("ceiling", {})
@@ -115,10 +124,10 @@ def _plot_reward_accuracy(records: list[dict], path: Path) -> None:
     ax.set_ylim(0.4, 1)
     ax.legend()
     ax.set_title("Reward model vs ceiling (last round)")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _plot_segment_sizes(records: list[dict], path: Path) -> None:
+def _plot_segment_sizes(records: list[dict], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     rounds = [r["round"] for r in records]
     segs = sorted({s for r in records for s in r.get("segment_sizes", {})})
@@ -132,10 +141,10 @@ def _plot_segment_sizes(records: list[dict], path: Path) -> None:
     ax.set_ylabel("users")
     ax.legend()
     ax.set_title("Segment sizes")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _plot_kl(records: list[dict], path: Path) -> None:
+def _plot_kl(records: list[dict], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     rounds = [r["round"] for r in records]
     names = sorted({k for r in records for k in r.get("kl", {})})
@@ -155,7 +164,7 @@ def _plot_kl(records: list[dict], path: Path) -> None:
     ax.set_ylabel("KL(policy ‖ base), nats per reply")
     ax.legend()
     ax.set_title("KL from the base policy")
-    _save(fig, path)
+    return _save(fig, path)
 
 
 _PLOTTERS = {
@@ -270,10 +279,12 @@ def write_report(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir}: no evaluated rounds in metrics.jsonl to report on")
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for name in PLOTS:
-        _PLOTTERS[name](records, out / f"{name}.png")
+    alts = {name: _PLOTTERS[name](records, out / f"{name}.png") for name in PLOTS}
     last = records[-1]
-    imgs = "\n".join(f'<h2>{n.replace("_", " ")}</h2><img src="{n}.png" alt="{n}">' for n in PLOTS)
+    imgs = "\n".join(
+        f'<h2>{n.replace("_", " ")}</h2><img src="{n}.png" alt="{html.escape(alts[n])}">'
+        for n in PLOTS
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>rlhf_persona run {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}
