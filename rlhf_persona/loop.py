@@ -85,12 +85,23 @@ class Loop:
         with start_run(self.cfg, resume=state.round > 0) as run:
             if state.round > 0:
                 console.print(f"resuming after round {state.round - 1}")
+                self._replay_lost(run, state.round)
             last = None
             for r in range(state.round, self.cfg.loop.rounds):
                 last = self.run_round(r, state, run)
             summary = last or self._read_round(self.cfg.loop.rounds - 1)
             run.summary({"final": summary["eval"]})
         return summary
+
+    def _replay_lost(self, run: Run, rounds: int) -> None:
+        """W&B records, tables and artifacts of done rounds that a killed process lost."""
+        from rlhf_persona.policy import AdapterRegistry
+
+        for r in sorted(run.replay_lost(rounds)):
+            rdir = self.dir / f"round_{r}"
+            run.round = r
+            samples = json.loads((rdir / "samples.json").read_text())
+            log_round_artifacts(run, rdir, AdapterRegistry.load(rdir / "policy"), samples)
 
     def run_round(self, r: int, state: LoopState, run: Run) -> dict:
         rdir = self.dir / f"round_{r}"

@@ -143,6 +143,9 @@ class Run:
         if stage is not None:
             record["stage"] = stage
         self._append({**record, **_jsonable(metrics)})
+        self._wandb_log(metrics, step, stage)
+
+    def _wandb_log(self, metrics: dict, step: int | None, stage: str | None) -> None:
         if self._wandb is not None:
             flat = _flatten(_jsonable(metrics), f"{stage}/" if stage else "")
             numeric = {k: v for k, v in flat.items() if _is_number(v)}
@@ -159,6 +162,9 @@ class Run:
         self._curves[key] = max(self._curves.get(key, 0), at)
         self._append({"stage": section, "group": group, "step": at, "round": self.round,
                       **_jsonable(logs)})  # fmt: skip
+        self._wandb_curve(key, logs, at)
+
+    def _wandb_curve(self, key: str, logs: dict, at: int) -> None:
         if self._wandb is None:
             return
         if key not in self._defined:
@@ -167,6 +173,35 @@ class Run:
             self._wandb.define_metric(f"{key}/*", step_metric=f"{key}/step")
         flat = _flatten(_jsonable(logs), f"{key}/")
         self._wandb.log({**{k: v for k, v in flat.items() if _is_number(v)}, f"{key}/step": at})
+
+    def replay_lost(self, before_round: int) -> set[int]:
+        """After a killed process: W&B writes its offline log in 32 KB blocks, so the records
+        of its last seconds are lost, while metrics.jsonl (a line per record) keeps them.
+        Re-log to W&B the records of rounds before ``before_round`` that no W&B log of this
+        folder holds, and continue the trainers' step counts; returns the rounds replayed."""
+        records = [r for r in read_metrics(self.dir) if _round_of(r) < before_round]
+        for rec in records:  # curves count on from where the earlier processes stopped
+            if rec.get("stage") in CURVE_SECTIONS and "group" in rec:
+                key = f"{rec['stage']}/{rec['group']}"
+                self._curves[key] = max(self._curves.get(key, 0), int(rec["step"]))
+        if self._wandb is None:
+            return set()
+        have = _history_index(read_wandb_records(self.dir, "history"))
+        replayed = set()
+        for rec in records:
+            stage, step = rec.get("stage"), rec.get("step")
+            values = {k: v for k, v in rec.items() if k not in META_KEYS}
+            if stage in CURVE_SECTIONS and "group" in rec:
+                key = f"{stage}/{rec['group']}"
+                if (f"{key}/step", step) not in have:
+                    self._wandb_curve(key, values, step)
+            elif stage in ROUND_SECTIONS and step is not None:
+                flat = _flatten(_jsonable(values), f"{stage}/")
+                first = next((k for k, v in flat.items() if _is_number(v)), None)
+                if first is not None and (first, step) not in have:
+                    self._wandb_log(values, step, stage)
+                    replayed.add(int(step))
+        return replayed
 
     def start_curve(self, group: str, section: str = "train") -> None:
         key = f"{section}/{group}"
@@ -213,6 +248,25 @@ class Run:
 
 
 ROUND_SECTIONS = ("eval", "policy", "reward", "collect", "segment")
+CURVE_SECTIONS = ("policy_train", "reward_train")
+META_KEYS = frozenset({"time", "stage", "step", "group", "round"})
+
+
+def _round_of(record: dict) -> int:
+    """The loop round a metrics.jsonl record belongs to (-1: none)."""
+    value = record.get("round") if record.get("stage") in CURVE_SECTIONS else record.get("step")
+    return -1 if value is None else int(value)
+
+
+def _history_index(history: list[dict]) -> set[tuple[str, Any]]:
+    """(key, x) pairs present in W&B history records: x is the record's ``round`` for per-round
+    keys and the value itself for curve ``.../step`` keys."""
+    have = set()
+    for rec in history:
+        item = rec["history"]["item"]
+        for key, value in item.items():
+            have.add((key, value) if key.endswith("/step") else (key, item.get("round")))
+    return have
 
 
 def _is_number(value) -> bool:
@@ -231,9 +285,10 @@ def read_wandb_records(run_dir: str | Path, kind: str | None = None) -> list[dic
     files = sorted(Path(run_dir).glob("wandb/*-run-*/run-*.wandb"))
     records = []
     for path in files:
+        # an interrupted (or still written) log ends with a note and a non-zero exit status
         out = subprocess.run(
             [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
-            capture_output=True, text=True, check=True, timeout=120,
+            capture_output=True, text=True, check=False, timeout=120,
         )  # fmt: skip
         records += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     return [r for r in records if kind is None or r.get("type") == kind]

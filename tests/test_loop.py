@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from rlhf_persona.report import PLOTS, write_report
-from rlhf_persona.tracking import read_metrics
+from rlhf_persona.tracking import read_metrics, read_wandb_records
 
 TINY = {
     "run": {"name": "tiny", "seed": 0},
@@ -148,6 +148,63 @@ def test_report_renders_every_plot(interrupted_then_resumed):
         assert png.stat().st_size > 1000, name
         assert f'src="{name}.png"' in html
     assert "Sample replies" in html and "personalized" in html
+
+
+def test_wandb_history_keeps_every_round(interrupted_then_resumed):
+    """Read back with W&B's own reader: every round's evaluation, policy and reward records are
+    in the history against ``round`` (not dropped for a step behind W&B's counter), trainers'
+    per-step curves against their own steps, the sample replies as a table, and the round's
+    adapters, reward model, segmenter and data as artifacts, across the killed and the resumed
+    process."""
+    run_dir, _, _ = interrupted_then_resumed
+    history = [r["history"]["item"] for r in read_wandb_records(run_dir, "history")]
+
+    def rounds_with(key: str) -> set:
+        return {h["round"] for h in history if key in h and "round" in h}
+
+    for key in ("eval/segments/brief_casual/personalized/thumbs_up", "eval/kl/personalized",
+                "eval/gain/brief_casual/vs_base/mean", "eval/stage_s/policy",
+                "policy/segment_0/loss", "policy/global/rewards/margins",
+                "reward/export/rows", "reward/pairs", "eval/samples._type"):  # fmt: skip
+        assert rounds_with(key) == {0, 1}, key
+    curve = [h for h in history if "policy_train/segment_1/loss" in h]
+    assert curve and all("policy_train/segment_1/step" in h for h in curve)
+    assert any("reward_train/heads/all/accuracy" in h for h in history)
+    axes = {m["metric"].get("glob_name"): m["metric"].get("step_metric")
+            for m in read_wandb_records(run_dir, "metric")}  # fmt: skip
+    assert axes["eval/*"] == axes["policy/*"] == axes["reward/*"] == "round"
+    assert axes["policy_train/segment_1/*"] == "policy_train/segment_1/step"
+    artifacts = {(a["artifact"]["name"], a["artifact"]["type"])
+                 for a in read_wandb_records(run_dir, "artifact")}  # fmt: skip
+    assert {("adapter-segment_0", "model"), ("adapter-global", "model"), ("reward-model", "model"),
+            ("segmenter", "segmenter"), ("training-data", "dataset")} <= artifacts  # fmt: skip
+
+
+def test_adapter_folder_travels(interrupted_then_resumed, tiny_test_path):
+    """The adapter folder alone (plus the base model) serves: tokenizer and chat template beside
+    the weights, a portable base reference, and a model card naming segment, persona and data."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _, _ = interrupted_then_resumed
+    folder = run_dir / "round_1" / "policy" / "adapters" / "segment_0"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "embedded:tiny-test"  # not the cache path
+    card = (folder / "README.md").read_text()
+    persona = json.loads((run_dir / "round_1" / "seg" / "segmenter.json").read_text())["cards"]
+    persona = next(c["persona_text"] for c in persona if c["segment_id"] == 0)
+    assert persona in card and "round 1" in card and "library_name: peft" in card
+    manifest = json.loads((run_dir / "round_1" / "policy" / "manifest.json").read_text())
+    assert f"{manifest['adapters']['segment_0']['data_size']} training rows" in card
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template and (folder / "chat_template.jinja").is_file()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_test_path), folder)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}],
+                                        add_generation_prompt=True, return_tensors="pt")  # fmt: skip
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
 def _records(rates):
