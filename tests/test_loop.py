@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def interrupted_then_resumed(tmp_path_factory, tiny_test_path):
         _loop_cmd(config), capture_output=True, text=True, timeout=600, check=False
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return run_dir, round0_stamp, second.stdout
+    return run_dir, round0_stamp, second.stdout + second.stderr
 
 
 def test_resume_continues_after_last_completed_round(interrupted_then_resumed):
@@ -180,6 +181,19 @@ def test_wandb_history_keeps_every_round(interrupted_then_resumed):
             ("segmenter", "segmenter"), ("training-data", "dataset")} <= artifacts  # fmt: skip
 
 
+def test_progress_bars_stage_times_and_no_library_chatter(interrupted_then_resumed):
+    _, _, out = interrupted_then_resumed
+    out = out.replace("\r", "\n")
+    for bar in ("collect round 1", "reward-ranked candidates round 1", "evaluate round 1"):
+        # a count and an elapsed<remaining (ETA) time, finished at 100%
+        assert re.search(rf"{bar}: 100%.* (\d+)/\1 \[\d\d:\d\d<\d\d:\d\d", out), bar
+    for stage in ("collect", "segment", "reward", "policy", "evaluate"):
+        assert re.search(rf"{stage} done in \d+\.\d s", out), stage
+    for chatter in ("FutureWarning", "DeprecationWarning", "LOAD REPORT", "Loading weights",
+                    "RLHF_PERSONA_HASH_KEY", "{'loss'"):  # fmt: skip
+        assert chatter not in out, chatter
+
+
 def test_adapter_folder_travels(interrupted_then_resumed, tiny_test_path):
     """The adapter folder alone (plus the base model) serves: tokenizer and chat template beside
     the weights, a portable base reference, and a model card naming segment, persona and data."""
@@ -241,7 +255,7 @@ def test_evaluation_diagnostics_use_each_users_first_prompts(interrupted_then_re
     """With ``diagnostic_prompts`` 1 the personalization gap asks the other segments' policies,
     and the KL compares with the base, on each user's first held-out prompt only; base / global /
     personalized answer all."""
-    from rlhf_persona.evaluation import eval_items, evaluate_policies
+    from rlhf_persona.evaluation import eval_items, evaluate_policies, replies_to_generate
     from rlhf_persona.policy import AdapterRegistry, PolicyGenerator
     from rlhf_persona.simulation import load_population
 
@@ -280,6 +294,7 @@ def test_evaluation_diagnostics_use_each_users_first_prompts(interrupted_then_re
         assert {v["base"]["n"] for v in metrics["segments"].values()} == {6}  # 2 users x 3
     # each segment's policy answers the other segment's rows: n of them in all, or n / 3
     assert (rows[None], rows[1]) == (3 * n + n, 3 * n + n // 3)
+    assert rows == {k: replies_to_generate(items, [0, 1], False, 1, k) for k in (1, None)}
     assert (kl_rows[None], kl_rows[1]) == (2 * n, 2 * n // 3)  # global and personalized
 
 
