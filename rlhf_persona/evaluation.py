@@ -136,7 +136,7 @@ def _assigned(users: Users, items: EvalItems) -> dict:
     report puts the matching segment card beside the row)."""
     names = np.array(users.segment_names())[items.user_idx]
     out: dict[str, dict[str, int]] = {}
-    for uid, name, seg in sorted(set(zip(items.user_ids, names, items.segments, strict=True))):
+    for _, name, seg in sorted(set(zip(items.user_ids, names, items.segments, strict=True))):
         counts = out.setdefault(str(name), {})
         counts[str(int(seg))] = counts.get(str(int(seg)), 0) + 1
     return out

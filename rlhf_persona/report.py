@@ -190,7 +190,8 @@ def _card_html(card: dict | None, seg: str | None, users: int) -> str:
     liked = ", ".join(t["trait"] for t in card.get("rewards", [])) or "—"
     disliked = ", ".join(t["trait"] for t in card.get("dislikes", [])) or "—"
     return (
-        f'<td class="card" data-segment="{html.escape(str(seg))}"><b>segment {html.escape(str(seg))}'
+        f'<td class="card" data-segment="{html.escape(str(seg))}">'
+        f"<b>segment {html.escape(str(seg))}"
         f"</b> · {card.get('size', '?')} users ({card.get('share', 0):.0%}; {users} of this row's "
         f"evaluated users)<br>rewards: {html.escape(liked)} · dislikes: {html.escape(disliked)}"
         f"<br><i>{html.escape(card.get('persona_text', ''))}</i></td>"
@@ -251,7 +252,8 @@ def _config_html(run_dir: Path) -> str:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return "<p>No config.yaml in the run folder.</p>"
-    return f'<details id="config"><summary>config.yaml</summary><pre>{html.escape(path.read_text())}</pre></details>'
+    text = html.escape(path.read_text())
+    return f'<details id="config"><summary>config.yaml</summary><pre>{text}</pre></details>'
 
 
 def _samples_html(run_dir: Path, last_round: int) -> str:
@@ -285,6 +287,7 @@ def write_report(run_dir: str | Path) -> Path:
         f'<h2>{n.replace("_", " ")}</h2><img src="{n}.png" alt="{html.escape(alts[n])}">'
         for n in PLOTS
     )
+    table = _table_html(last, _cards(run_dir, last["round"]))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>rlhf_persona run {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}
@@ -294,7 +297,7 @@ pre{{white-space:pre-wrap;max-width:340px;margin:0}}#config pre{{max-width:none}
 img{{max-width:100%}}</style></head>
 <body><h1>Run {html.escape(run_dir.name)}</h1>
 <p>{len(records)} evaluated round(s); the last is round {last["round"]}.</p>
-<h2>Thumbs-up rate per segment after round {last["round"]}</h2>{_table_html(last, _cards(run_dir, last["round"]))}
+<h2>Thumbs-up rate per segment after round {last["round"]}</h2>{table}
 {imgs}
 <h2>Stage timings</h2>{_timings_html(records)}
 <h2>Config</h2>{_config_html(run_dir)}

@@ -124,7 +124,8 @@ class Run:
 
     @property
     def report_to(self) -> list[str]:
-        """What TRL/transformers trainers should report to, consistent with this run."""
+        """transformers ``report_to`` consistent with this run, for code of your own; the
+        project's trainers keep ``report_to=[]`` and log through ``trainer_logger``."""
         return ["wandb"] if self._wandb is not None else []
 
     @property

@@ -214,8 +214,8 @@ def test_adapter_folder_travels(interrupted_then_resumed, tiny_test_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.chat_template and (folder / "chat_template.jinja").is_file()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_test_path), folder)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}],
-                                        add_generation_prompt=True, return_tensors="pt")  # fmt: skip
+    chat = [{"role": "user", "content": "hi"}]
+    ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()

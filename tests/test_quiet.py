@@ -47,8 +47,10 @@ def test_library_deprecations_are_filtered_but_not_ours():
         "import warnings\n"
         "from rlhf_persona.quiet import quiet_libraries\n"
         "quiet_libraries()\n"
-        "warnings.warn_explicit('lib', FutureWarning, 'x.py', 1, module='transformers.training_args')\n"
-        "warnings.warn_explicit('ours', FutureWarning, 'x.py', 1, module='rlhf_persona.loop')\n"
+        "def warn(text, module):\n"
+        "    warnings.warn_explicit(text, FutureWarning, 'x.py', 1, module=module)\n"
+        "warn('lib', 'transformers.training_args')\n"
+        "warn('ours', 'rlhf_persona.loop')\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "ours" in run.stderr and "lib" not in run.stderr

@@ -19,15 +19,17 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
+
+def _card(seg: int, size: int, liked: str, disliked: str, persona: str) -> dict:
+    return {"segment_id": seg, "size": size, "share": size / 24, "attributes": [],
+            "rewards": [{"trait": liked, "weight": 0.4}],
+            "dislikes": [{"trait": disliked, "weight": -0.3}],
+            "n_with_feedback": size, "persona_text": persona}  # fmt: skip
+
+
 # Learned segment 1 holds brief_casual's users, 0 thorough_formal's: matching must not go by order.
-CARDS = [
-    {"segment_id": 0, "size": 14, "share": 0.58, "attributes": [],
-     "rewards": [{"trait": "length", "weight": 0.4}], "dislikes": [{"trait": "emoji", "weight": -0.3}],
-     "n_with_feedback": 14, "persona_text": "They reward long, formal replies."},
-    {"segment_id": 1, "size": 10, "share": 0.42, "attributes": [],
-     "rewards": [{"trait": "emoji", "weight": 0.5}], "dislikes": [{"trait": "length", "weight": -0.2}],
-     "n_with_feedback": 10, "persona_text": "They reward short replies with emoji."},
-]  # fmt: skip
+CARDS = [_card(0, 14, "length", "emoji", "They reward long, formal replies."),
+         _card(1, 10, "emoji", "length", "They reward short replies with emoji.")]  # fmt: skip
 
 
 def _record(r: int) -> dict:
@@ -88,7 +90,7 @@ def _open(browser, index: Path, shot: str):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(index.as_uri())
     loaded = page.evaluate(
-        "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth])"
+        "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])"
     )
     assert {src for src, width in loaded if width > 100} == {f"{n}.png" for n in PLOTS}, loaded
     ARTIFACTS.mkdir(exist_ok=True)

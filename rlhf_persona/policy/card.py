@@ -77,6 +77,7 @@ def write_card(adapter_dir: Path, info, cfg: PolicyConfig, cards: dict[int, str]
         for s in info.segments
     )
     prompts = "\n".join(f"- segment {s}: {t}" for s, t in (system_prompts or {}).items() if t)
+    served = f"\nSystem prompts this adapter is served with:\n\n{prompts}\n" if prompts else ""
     text = f"""---
 {data.to_yaml()}
 ---
@@ -94,7 +95,7 @@ Trained on the feedback of the users of segment(s) {", ".join(map(str, info.segm
 ## Segments and personas
 
 {personas}
-{f"{chr(10)}System prompts this adapter is served with:{chr(10)}{chr(10)}{prompts}{chr(10)}" if prompts else ""}
+{served}
 ## Metrics
 
 {_metrics_table(info.metrics)}

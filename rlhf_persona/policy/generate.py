@@ -26,7 +26,6 @@ from rlhf_persona.policy.common import load_adapter, load_base, render_prompt, r
 from rlhf_persona.policy.registry import BASE, GLOBAL, AdapterRegistry
 from rlhf_persona.policy.strategies import Route
 
-
 _PROGRESS: contextvars.ContextVar = contextvars.ContextVar("generation_progress", default=None)
 
 

@@ -34,8 +34,10 @@ def exportable(rm) -> str | None:
     if rm.strategy == "prefix" and not rm.backbone_.get("cached"):
         return None
     if rm.strategy == "prefix":
-        return ("the persona text goes through the cached frozen layers as a sequence of its "
-                "own, which a stock model cannot reproduce (reward.cache_frozen: false exports)")  # fmt: skip
+        return (
+            "the persona text goes through the cached frozen layers as a sequence of its own, "
+            "which a stock model cannot reproduce (reward.cache_frozen: false exports)"
+        )
     return f"the {rm.strategy} strategy adds per-segment parts a stock classifier lacks"
 
 
@@ -56,7 +58,8 @@ def plain_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             key = _LAYER.sub(lambda m: f"{m.group(1)}encoder.layer.{int(m.group(2)) + shift}.", key)
         out[key] = value
     for (layer, name), parts in deltas.items():  # k = W h + B A h  →  W' = W + B A
-        target = next(k for k in out if k.endswith(f"encoder.layer.{layer}.attention.self.{name}.weight"))
+        suffix = f"encoder.layer.{layer}.attention.self.{name}.weight"
+        target = next(k for k in out if k.endswith(suffix))
         out[target] = out[target] + parts["1"] @ parts["0"]
     return out
 
