@@ -203,6 +203,12 @@ class RewardConfig(Section):
         description="Segment id the model was not trained on: score it with the global "
         "(unconditioned) part and log a warning, or raise an error.",
     )
+    export_plain: bool = Field(
+        True,
+        description="Also save a global (or uncached prefix) reward model as a plain transformers "
+        "AutoModelForSequenceClassification in hf/, loadable without rlhf_persona (doubles the "
+        "saved folder's size).",
+    )
     prefix_dropout: float = Field(
         0.15,
         ge=0,

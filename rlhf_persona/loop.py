@@ -432,12 +432,15 @@ def print_round_table(record: dict) -> None:
     table = Table(title=f"round {record['round']}: true thumbs-up rate per segment")
     best = "best_of_n" in next(iter(record["segments"].values()), {})
     n = record.get("best_of_n", {}).get("n")
-    for col in ("segment", "base", "global", "personalized", "gain") + best * (f"best-of-{n}",):
+    cols = ("segment", "base", "global", "personalized", "gain (95% CI)")
+    for col in cols + best * (f"best-of-{n}",):
         table.add_column(col)
     for seg, vals in sorted(record["segments"].items()):
         b, g, p = (vals[k]["thumbs_up"] for k in ("base", "global", "personalized"))
         extra = (f"{vals['best_of_n']['thumbs_up']:.3f}",) if best else ()
-        table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}", *extra)
+        gain = record.get("gain", {}).get(seg, {}).get("vs_base")
+        ci = f" [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]" if gain else ""
+        table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}{ci}", *extra)
     console.print(table)
     kl = record.get("kl", {})
     console.print(

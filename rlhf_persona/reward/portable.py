@@ -66,7 +66,7 @@ def plain_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def export_classifier(rm, directory: Path) -> Path | None:
     """Write ``directory/hf/``: the reward model as a stock sequence classifier + tokenizer."""
-    if exportable(rm) is not None:
+    if exportable(rm) is not None or not rm.cfg.export_plain:
         return None
     from transformers import AutoModelForSequenceClassification
 
@@ -125,7 +125,7 @@ def write_card(rm, directory: Path, hf: bool) -> Path:
         f"{p.get('final_accuracy')} |"
         for p in stats.get("phases", [])
     )
-    why = exportable(rm)
+    why = exportable(rm) or (None if rm.cfg.export_plain else "reward.export_plain is off")
     text = f"""---
 library_name: transformers
 pipeline_tag: text-classification
