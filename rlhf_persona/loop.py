@@ -439,7 +439,7 @@ def print_round_table(record: dict) -> None:
         b, g, p = (vals[k]["thumbs_up"] for k in ("base", "global", "personalized"))
         extra = (f"{vals['best_of_n']['thumbs_up']:.3f}",) if best else ()
         gain = record.get("gain", {}).get(seg, {}).get("vs_base")
-        ci = f" [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]" if gain else ""
+        ci = f" ±{(gain['ci95'][1] - gain['ci95'][0]) / 2:.3f}" if gain else ""
         table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}{ci}", *extra)
     console.print(table)
     kl = record.get("kl", {})

@@ -139,7 +139,8 @@ def _plot_segment_sizes(records: list[dict], path: Path) -> str:
     ax.set_xticks(rounds)
     ax.set_xlabel("round")
     ax.set_ylabel("users")
-    ax.legend()
+    if segs:
+        ax.legend()
     ax.set_title("Segment sizes")
     return _save(fig, path)
 
@@ -162,7 +163,8 @@ def _plot_kl(records: list[dict], path: Path) -> str:
         ax.set_xlabel("round")
     # kl_from_base sums the per-token KL over each reply's tokens: one value per reply
     ax.set_ylabel("KL(policy ‖ base), nats per reply")
-    ax.legend()
+    if names:
+        ax.legend()
     ax.set_title("KL from the base policy")
     return _save(fig, path)
 

@@ -132,3 +132,18 @@ def test_one_round_run_is_drawn_as_bars(browser, tmp_path):
     kl = page.locator('img[src="kl.png"]').get_attribute("alt")
     assert "x: policy (round 0)" in kl and "nats per reply" in kl
     assert page.locator("#timings tr").count() == 2  # header + the one round
+
+
+def test_older_run_folder_without_gains_or_cards_still_reports(tmp_path):
+    """Runs recorded before gains, card matching and timings existed render with dashes."""
+    import warnings
+
+    rates = {p: {"thumbs_up": 0.5} for p in ("base", "global", "personalized")}
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"stage": "eval", "round": 0, "segments": {"a": rates}}) + "\n"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "no artists for the legend"
+        html = write_report(tmp_path).read_text()
+    assert "No stage timings recorded" in html and "No config.yaml" in html
+    assert '<tr data-row="a">' in html and "<td>—</td>" in html
