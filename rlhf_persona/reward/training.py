@@ -43,8 +43,18 @@ class StepTimer(TrainerCallback):
 
 
 class BarOnly(ProgressCallback):
-    """The trainer's step bar (count, rate, ETA) without a printed dict per logging step (the
-    numbers go to the tracking run instead)."""
+    """The trainer's step bar (count, rate, ETA), named, without a printed dict per logging
+    step (the numbers go to the tracking run instead)."""
+
+    def __init__(self, desc: str):
+        super().__init__()
+        self.desc = desc
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.desc)
+            self.training_bar.unit = "step"
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         pass
@@ -131,7 +141,7 @@ def train_phase(
         optimizers=(make_optimizer(model, cfg), None),
     )
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(BarOnly())
+    trainer.add_callback(BarOnly(f"reward {phase}"))
     start = time.perf_counter()
     out = trainer.train()
     seconds = time.perf_counter() - start
