@@ -123,6 +123,9 @@ _mount_subapps()
 
 def main() -> None:
     """Entry point: user errors print one clear message and exit 2, never a traceback."""
+    from rlhf_persona.quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         app()
     except UserError as exc:

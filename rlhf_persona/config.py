@@ -40,6 +40,11 @@ class TrackingConfig(Section):
     )
     project: str = Field("rlhf-persona", description="W&B project name.")
     entity: str | None = Field(None, description="W&B entity (team); None uses your default.")
+    log_artifacts: bool = Field(
+        True,
+        description="Log each round's adapters, reward model, segmenter and training data as W&B "
+        "artifacts (added in place, not copied: keep the run folder until it is synced).",
+    )
 
 
 class ModelsConfig(Section):
@@ -197,6 +202,12 @@ class RewardConfig(Section):
         "global",
         description="Segment id the model was not trained on: score it with the global "
         "(unconditioned) part and log a warning, or raise an error.",
+    )
+    export_plain: bool = Field(
+        True,
+        description="Also save a global (or uncached prefix) reward model as a plain transformers "
+        "AutoModelForSequenceClassification in hf/, loadable without rlhf_persona (doubles the "
+        "saved folder's size).",
     )
     prefix_dropout: float = Field(
         0.15,

@@ -112,6 +112,36 @@ def _row_thumbs(users: Users, items: EvalItems, features: np.ndarray, round: int
     return sigmoid(beta * (u - users.truth.threshold[idx]))
 
 
+def _gains(users: Users, items: EvalItems, feats: dict, round: int) -> dict:
+    """Per true segment: the personalized policy's thumbs-up rate minus the base's and the
+    global's on the same (user, prompt) rows, with a 95% normal-approximation interval of the
+    paired mean and the row count."""
+    up = {p: _row_thumbs(users, items, feats[p], round) for p in ("base", "global", "personalized")}
+    names = np.array(users.segment_names())[items.user_idx]
+    out: dict = {}
+    for name in np.unique(names):
+        rows = names == name
+        out[str(name)] = {}
+        for ref in ("base", "global"):
+            diff = up["personalized"][rows] - up[ref][rows]
+            half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            mean = float(diff.mean())
+            out[str(name)][f"vs_{ref}"] = {"mean": mean, "ci95": [mean - half, mean + half],
+                                           "n": int(rows.sum())}  # fmt: skip
+    return out
+
+
+def _assigned(users: Users, items: EvalItems) -> dict:
+    """Per true segment: how many of its evaluated users each learned segment id holds (the
+    report puts the matching segment card beside the row)."""
+    names = np.array(users.segment_names())[items.user_idx]
+    out: dict[str, dict[str, int]] = {}
+    for _, name, seg in sorted(set(zip(items.user_ids, names, items.segments, strict=True))):
+        counts = out.setdefault(str(name), {})
+        counts[str(int(seg))] = counts.get(str(int(seg)), 0) + 1
+    return out
+
+
 def _reward_agreement(rm, users, items, replies, features, round) -> float:
     """Spearman correlation of the reward model's scores with true utility of the same replies."""
     from rlhf_persona.simulation.user import utility
@@ -140,6 +170,16 @@ def _reward_accuracy(rm, users, items, generator, embed, round, gen_kw, base_rep
         "ceiling": {n: float(c["segment"]) for n, c in ceil.items()},
         "worst_acc": min(per_seg.values()),
     }
+
+
+def replies_to_generate(items: EvalItems, segments: list[int], rm: bool, best_of_n: int,
+                        diagnostic_prompts: int | None) -> int:  # fmt: skip
+    """How many replies ``evaluate_policies`` generates (the length of its progress bar)."""
+    n = len(items.prompts)
+    diag = items.segments[items.first_prompts(diagnostic_prompts)]
+    gap = sum(int((diag != s).sum()) for s in segments) if len(segments) > 1 else 0
+    best = n * best_of_n if best_of_n > 1 and rm else 0
+    return 3 * n + best + gap + (len(diag) if rm else 0)
 
 
 def evaluate_policies(
@@ -192,6 +232,8 @@ def evaluate_policies(
     pers = [v["personalized"]["thumbs_up"] for v in segments.values()]
     metrics = {
         "segments": segments,
+        "gain": _gains(users, items, feats, round),
+        "assigned": _assigned(users, items),
         "spread": float(max(pers) - min(pers)),
         "personalization_gap": _personalization_gap(
             users, diag, generator, embed, round, gen_kw, pick("personalized")

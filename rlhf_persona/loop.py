@@ -12,7 +12,8 @@ Each round:
 5. **evaluate**: the simulator's hidden truth scores base, global and personalized policies.
 
 Files: ``RUN_DIR/feedback.db`` (unless ``store.url``), ``metrics.jsonl``, ``config.yaml``,
-``wandb/``, and ``round_N/`` with ``segmenter/``, ``reward/``, ``policy/``, ``samples.json``
+``wandb/``, and ``round_N/`` with ``seg/``, ``reward/``, ``policy/``, ``data/`` (the training
+rows as JSON lines), ``samples.json``
 and ``round.json`` (written last: a round without it is redone on resume).
 """
 
@@ -31,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlhf_persona.config import ExperimentConfig
+from rlhf_persona.policy.generate import generation_progress
 from rlhf_persona.tracking import Run, start_run
 
 console = Console()
@@ -54,6 +56,7 @@ def _stage(timings: dict, name: str):
     start = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - start, 2)
+    console.print(f"  {name} done in {timings[name]:.1f} s")
 
 
 class Loop:
@@ -82,6 +85,7 @@ class Loop:
         with start_run(self.cfg, resume=state.round > 0) as run:
             if state.round > 0:
                 console.print(f"resuming after round {state.round - 1}")
+                self._replay_lost(run, state.round)
             last = None
             for r in range(state.round, self.cfg.loop.rounds):
                 last = self.run_round(r, state, run)
@@ -89,10 +93,21 @@ class Loop:
             run.summary({"final": summary["eval"]})
         return summary
 
+    def _replay_lost(self, run: Run, rounds: int) -> None:
+        """W&B records, tables and artifacts of done rounds that a killed process lost."""
+        from rlhf_persona.policy import AdapterRegistry
+
+        for r in sorted(run.replay_lost(rounds)):
+            rdir = self.dir / f"round_{r}"
+            run.round = r
+            samples = json.loads((rdir / "samples.json").read_text())
+            log_round_artifacts(run, rdir, AdapterRegistry.load(rdir / "policy"), samples)
+
     def run_round(self, r: int, state: LoopState, run: Run) -> dict:
         rdir = self.dir / f"round_{r}"
         rdir.mkdir(parents=True, exist_ok=True)
         timings: dict = {}
+        run.round = r
         console.rule(f"round {r}")
         with _stage(timings, "collect"):
             collected = self.collect(r, state)
@@ -110,6 +125,7 @@ class Loop:
         record = {"round": r, "collected": collected, "segment_sizes": sizes, **metrics}
         run.log({**record, "stage_s": timings}, step=r, stage="eval")
         (rdir / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False))
+        log_round_artifacts(run, rdir, registry, samples)
         done = {"round": r, "eval": record, "stage_s": timings}
         (rdir / ROUND_DONE).write_text(json.dumps(done, indent=1))
         state.round, state.registry_dir, state.segmenter_dir = r + 1, registry.root, rdir / "seg"
@@ -152,12 +168,14 @@ class Loop:
         prompts, _ = sample_prompts(self.users, idx, seed=seed, round=r)
         keys = [assignments.get(self.users.ids[i], BASE) for i in idx]
         gen = {"max_new_tokens": lc.max_new_tokens, "temperature": lc.temperature}
-        replies = generator.generate(keys, prompts, seed=seed + 1000 * r, **gen)
         ab = np.random.default_rng([seed, STREAM_COLLECT, r]).random(len(idx)) < lc.ab_share
         ab_pos = np.flatnonzero(ab)
-        others = generator.generate(
-            [keys[j] for j in ab_pos], [prompts[j] for j in ab_pos], seed=seed + 1000 * r + 1, **gen
-        )
+        with generation_progress(len(idx) + len(ab_pos), f"collect round {r}"):
+            replies = generator.generate(keys, prompts, seed=seed + 1000 * r, **gen)
+            others = generator.generate(
+                [keys[j] for j in ab_pos], [prompts[j] for j in ab_pos],
+                seed=seed + 1000 * r + 1, **gen,
+            )  # fmt: skip
         self._record_replies(generator, keys, prompts, replies, ab_pos, others)
         single = np.flatnonzero(~ab)
         events = self.sim.respond(
@@ -199,7 +217,8 @@ class Loop:
         data, report = export_preference(
             self.store, assignments, across_prompts=across, since=self._since(r)
         )
-        run.log({"export": report, "round": r}, stage="reward")
+        run.log({"export": report, "round": r}, step=r, stage="reward")
+        save_data(data, rdir / "data" / "reward_pairs.jsonl")
         rm = build_reward_model(self.cfg.reward, self.cfg.models.encoder, cards)
         rm.fit(data, run=run)
         if self.cfg.reward.user_level:  # per-user residuals on top (saves the base beside them)
@@ -219,6 +238,7 @@ class Loop:
 
         cfg = self.cfg
         data = self._policy_data(r, state, assignments, rm)
+        save_data(data, rdir / "data" / f"policy_{cfg.policy.algorithm}.jsonl")
         init = None
         if state.registry_dir is not None and cfg.loop.continue_adapters:
             from rlhf_persona.policy import AdapterRegistry
@@ -277,23 +297,26 @@ class Loop:
             if uid in assignments:
                 by_seg.setdefault(int(assignments[uid]), []).append(i)
         rows: dict[str, list] = {}
-        for seg, members in sorted(by_seg.items()):
-            idx = rng.choice(members, size=lc.rm_pairs_per_segment, replace=True)
-            prompts, _ = sample_prompts(self.users, idx, seed=seed + 7, round=r)
-            cands = [
-                generator.generate(
-                    [seg] * len(prompts),
-                    prompts,
-                    max_new_tokens=lc.max_new_tokens,
-                    temperature=lc.temperature,
-                    seed=seed + 31 * k + 1000 * r,
-                )
-                for k in range(lc.rm_candidates)
-            ]
-            scores = np.stack([rm.score([seg] * len(prompts), prompts, c) for c in cands])
-            user_ids = [self.users.ids[i] for i in idx]
-            for key, values in ranked_rows(prompts, cands, scores, user_ids, seg, kto_rows).items():
-                rows.setdefault(key, []).extend(values)
+        total = len(by_seg) * lc.rm_pairs_per_segment * lc.rm_candidates
+        with generation_progress(total, f"reward-ranked candidates round {r}"):
+            for seg, members in sorted(by_seg.items()):
+                idx = rng.choice(members, size=lc.rm_pairs_per_segment, replace=True)
+                prompts, _ = sample_prompts(self.users, idx, seed=seed + 7, round=r)
+                cands = [
+                    generator.generate(
+                        [seg] * len(prompts),
+                        prompts,
+                        max_new_tokens=lc.max_new_tokens,
+                        temperature=lc.temperature,
+                        seed=seed + 31 * k + 1000 * r,
+                    )
+                    for k in range(lc.rm_candidates)
+                ]
+                scores = np.stack([rm.score([seg] * len(prompts), prompts, c) for c in cands])
+                user_ids = [self.users.ids[i] for i in idx]
+                ranked = ranked_rows(prompts, cands, scores, user_ids, seg, kto_rows)
+                for key, values in ranked.items():
+                    rows.setdefault(key, []).extend(values)
         return Dataset.from_dict(rows)
 
     def _online_reward(self, rm, assignments):
@@ -306,7 +329,7 @@ class Loop:
         return simulated_thumbs_reward(self.sim, assignments, self.cfg.run.seed)
 
     def evaluate(self, r, registry, rm, assignments):
-        from rlhf_persona.evaluation import eval_items, evaluate_policies
+        from rlhf_persona.evaluation import eval_items, evaluate_policies, replies_to_generate
 
         lc = self.cfg.loop
         items = eval_items(
@@ -316,19 +339,22 @@ class Loop:
             lc.eval_prompts_per_user,
             self.cfg.run.seed,
         )
-        return evaluate_policies(
-            self.users,
-            items,
-            self._eval_generator(registry),
-            rm,
-            round=r,
-            embed=lc.embed_features,
-            seed=self.cfg.run.seed + 5000,
-            max_new_tokens=lc.max_new_tokens,
-            temperature=lc.temperature,
-            best_of_n=self.cfg.reward.best_of_n,
-            diagnostic_prompts=lc.eval_diagnostic_prompts,
-        )
+        best_of_n, diagnostic = self.cfg.reward.best_of_n, lc.eval_diagnostic_prompts
+        total = replies_to_generate(items, registry.segments, rm is not None, best_of_n, diagnostic)
+        with generation_progress(total, f"evaluate round {r}"):
+            return evaluate_policies(
+                self.users,
+                items,
+                self._eval_generator(registry),
+                rm,
+                round=r,
+                embed=lc.embed_features,
+                seed=self.cfg.run.seed + 5000,
+                max_new_tokens=lc.max_new_tokens,
+                temperature=lc.temperature,
+                best_of_n=best_of_n,
+                diagnostic_prompts=diagnostic,
+            )
 
     # -- resume ---------------------------------------------------------------------------
     def _read_round(self, r: int) -> dict:
@@ -409,12 +435,15 @@ def print_round_table(record: dict) -> None:
     table = Table(title=f"round {record['round']}: true thumbs-up rate per segment")
     best = "best_of_n" in next(iter(record["segments"].values()), {})
     n = record.get("best_of_n", {}).get("n")
-    for col in ("segment", "base", "global", "personalized", "gain") + best * (f"best-of-{n}",):
+    cols = ("segment", "base", "global", "personalized", "gain (95% CI)")
+    for col in cols + best * (f"best-of-{n}",):
         table.add_column(col)
     for seg, vals in sorted(record["segments"].items()):
         b, g, p = (vals[k]["thumbs_up"] for k in ("base", "global", "personalized"))
         extra = (f"{vals['best_of_n']['thumbs_up']:.3f}",) if best else ()
-        table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}", *extra)
+        gain = record.get("gain", {}).get(seg, {}).get("vs_base")
+        ci = f" ±{(gain['ci95'][1] - gain['ci95'][0]) / 2:.3f}" if gain else ""
+        table.add_row(seg, f"{b:.3f}", f"{g:.3f}", f"{p:.3f}", f"{p - b:+.3f}{ci}", *extra)
     console.print(table)
     kl = record.get("kl", {})
     console.print(
@@ -422,6 +451,31 @@ def print_round_table(record: dict) -> None:
         f"personalized {kl.get('personalized', float('nan')):.3f}; "
         f"spread (best − worst segment) {record.get('spread', float('nan')):.3f}"
     )
+
+
+def save_data(data: Dataset, path: Path) -> None:
+    """A round's training rows as JSON lines (``load_dataset("json", data_files=...)`` reads
+    them): logged with the round's artifacts, so a policy's data travels with it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for row in data:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def log_round_artifacts(run: Run, rdir: Path, registry, samples: dict) -> None:
+    """The round's sample replies as a W&B table, and its adapters, reward model, segmenter and
+    training data as artifacts (one version per round, aliased ``round-N``)."""
+    policies = sorted({p for items in samples.values() for it in items for p in it} - {"prompt"})
+    rows = [[seg, it["prompt"], *(it.get(p, "") for p in policies)]
+            for seg, items in sorted(samples.items()) for it in items]  # fmt: skip
+    run.log_table("eval/samples", ["segment", "prompt", *policies], rows)
+    for name, info in registry.adapters.items():
+        meta = {"base_model": info.base_model, "segments": info.segments,
+                "data_size": info.data_size, "algorithm": registry.algorithm}  # fmt: skip
+        run.log_artifact(registry.adapter_path(name), f"adapter-{name}", "model", meta)
+    run.log_artifact(rdir / "reward", "reward-model", "model")
+    run.log_artifact(rdir / "seg", "segmenter", "segmenter")
+    run.log_artifact(rdir / "data", "training-data", "dataset")
 
 
 def run_loop(cfg: ExperimentConfig) -> tuple[dict, Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from rlhf_persona.report import PLOTS, write_report
-from rlhf_persona.tracking import read_metrics
+from rlhf_persona.tracking import read_metrics, read_wandb_records
 
 TINY = {
     "run": {"name": "tiny", "seed": 0},
@@ -82,7 +83,7 @@ def interrupted_then_resumed(tmp_path_factory, tiny_test_path):
         _loop_cmd(config), capture_output=True, text=True, timeout=600, check=False
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return run_dir, round0_stamp, second.stdout
+    return run_dir, round0_stamp, second.stdout + second.stderr
 
 
 def test_resume_continues_after_last_completed_round(interrupted_then_resumed):
@@ -150,6 +151,77 @@ def test_report_renders_every_plot(interrupted_then_resumed):
     assert "Sample replies" in html and "personalized" in html
 
 
+def test_wandb_history_keeps_every_round(interrupted_then_resumed):
+    """Read back with W&B's own reader: every round's evaluation, policy and reward records are
+    in the history against ``round`` (not dropped for a step behind W&B's counter), trainers'
+    per-step curves against their own steps, the sample replies as a table, and the round's
+    adapters, reward model, segmenter and data as artifacts, across the killed and the resumed
+    process."""
+    run_dir, _, _ = interrupted_then_resumed
+    records = read_wandb_records(run_dir)  # W&B's reader takes a second or two per log file
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+
+    def rounds_with(key: str) -> set:
+        return {h["round"] for h in history if key in h and "round" in h}
+
+    for key in ("eval/segments/brief_casual/personalized/thumbs_up", "eval/kl/personalized",
+                "eval/gain/brief_casual/vs_base/mean", "eval/stage_s/policy",
+                "policy/segment_0/loss", "policy/global/rewards/margins",
+                "reward/export/rows", "reward/pairs", "eval/samples._type"):  # fmt: skip
+        assert rounds_with(key) == {0, 1}, key
+    curve = [h for h in history if "policy_train/segment_1/loss" in h]
+    assert curve and all("policy_train/segment_1/step" in h for h in curve)
+    assert any("reward_train/heads/all/accuracy" in h for h in history)
+    axes = {m["metric"].get("glob_name"): m["metric"].get("step_metric")
+            for m in records if m["type"] == "metric"}  # fmt: skip
+    assert axes["eval/*"] == axes["policy/*"] == axes["reward/*"] == "round"
+    assert axes["policy_train/segment_1/*"] == "policy_train/segment_1/step"
+    artifacts = {(a["artifact"]["name"], a["artifact"]["type"])
+                 for a in records if a["type"] == "artifact"}  # fmt: skip
+    assert {("adapter-segment_0", "model"), ("adapter-global", "model"), ("reward-model", "model"),
+            ("segmenter", "segmenter"), ("training-data", "dataset")} <= artifacts  # fmt: skip
+
+
+def test_progress_bars_stage_times_and_no_library_chatter(interrupted_then_resumed):
+    _, _, out = interrupted_then_resumed
+    out = out.replace("\r", "\n")
+    for bar in ("collect round 1", "reward-ranked candidates round 1", "evaluate round 1"):
+        # a count and an elapsed<remaining (ETA) time, finished at 100%
+        assert re.search(rf"{bar}: 100%.* (\d+)/\1 \[\d\d:\d\d<\d\d:\d\d", out), bar
+    for stage in ("collect", "segment", "reward", "policy", "evaluate"):
+        assert re.search(rf"{stage} done in \d+\.\d s", out), stage
+    for chatter in ("FutureWarning", "DeprecationWarning", "LOAD REPORT", "Loading weights",
+                    "RLHF_PERSONA_HASH_KEY", "{'loss'"):  # fmt: skip
+        assert chatter not in out, chatter
+
+
+def test_adapter_folder_travels(interrupted_then_resumed, tiny_test_path):
+    """The adapter folder alone (plus the base model) serves: tokenizer and chat template beside
+    the weights, a portable base reference, and a model card naming segment, persona and data."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _, _ = interrupted_then_resumed
+    folder = run_dir / "round_1" / "policy" / "adapters" / "segment_0"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "embedded:tiny-test"  # not the cache path
+    card = (folder / "README.md").read_text()
+    persona = json.loads((run_dir / "round_1" / "seg" / "segmenter.json").read_text())["cards"]
+    persona = next(c["persona_text"] for c in persona if c["segment_id"] == 0)
+    assert persona in card and "round 1" in card and "library_name: peft" in card
+    manifest = json.loads((run_dir / "round_1" / "policy" / "manifest.json").read_text())
+    assert f"{manifest['adapters']['segment_0']['data_size']} training rows" in card
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template and (folder / "chat_template.jinja").is_file()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_test_path), folder)
+    chat = [{"role": "user", "content": "hi"}]
+    ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
 def _records(rates):
     return [{"round": r, "segments": {"s": {"personalized": {"thumbs_up": t}}}} for r, t in rates]
 
@@ -184,7 +256,7 @@ def test_evaluation_diagnostics_use_each_users_first_prompts(interrupted_then_re
     """With ``diagnostic_prompts`` 1 the personalization gap asks the other segments' policies,
     and the KL compares with the base, on each user's first held-out prompt only; base / global /
     personalized answer all."""
-    from rlhf_persona.evaluation import eval_items, evaluate_policies
+    from rlhf_persona.evaluation import eval_items, evaluate_policies, replies_to_generate
     from rlhf_persona.policy import AdapterRegistry, PolicyGenerator
     from rlhf_persona.simulation import load_population
 
@@ -223,6 +295,7 @@ def test_evaluation_diagnostics_use_each_users_first_prompts(interrupted_then_re
         assert {v["base"]["n"] for v in metrics["segments"].values()} == {6}  # 2 users x 3
     # each segment's policy answers the other segment's rows: n of them in all, or n / 3
     assert (rows[None], rows[1]) == (3 * n + n, 3 * n + n // 3)
+    assert rows == {k: replies_to_generate(items, [0, 1], False, 1, k) for k in (1, None)}
     assert (kl_rows[None], kl_rows[1]) == (2 * n, 2 * n // 3)  # global and personalized
 
 

@@ -300,7 +300,8 @@ def test_warm_start_and_init_from(data, trained, tmp_path):
     assert set(reg.adapters) == {"segment_0"}
     for name in reg.adapters:
         files = sorted(p.name for p in reg.adapter_path(name).iterdir())
-        assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        peft = ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert files == [*peft, "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"]
         # Continued from the previous round's adapter, not from zero.
         assert _lora_b_norm(reg.adapter_path(name)) > 0.5 * _lora_b_norm(trained.adapter_path(name))
 

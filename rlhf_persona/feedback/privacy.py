@@ -22,27 +22,38 @@ HASH_KEY_ENV = "RLHF_PERSONA_HASH_KEY"
 _warned_dev_key = False
 
 
-def resolve_hash_key(key: str | None = None) -> bytes:
-    """The key to use: the argument, else ``$RLHF_PERSONA_HASH_KEY``, else the dev default."""
-    global _warned_dev_key
+def resolve_hash_key(key: str | None = None, warn: bool = True) -> bytes:
+    """The key to use: the argument, else ``$RLHF_PERSONA_HASH_KEY``, else the dev default
+    (with a warning, once per process; ``warn=False`` defers it to the first use)."""
     key = key or os.environ.get(HASH_KEY_ENV)
     if not key:
-        if not _warned_dev_key and os.environ.get("RLHF_PERSONA_QUIET_DEV_KEY") != "1":
-            warnings.warn(
-                f"{HASH_KEY_ENV} is not set: external ids are hashed with the public development "
-                "key. Set a secret key in production.",
-                stacklevel=2,
-            )
-            _warned_dev_key = True
+        if warn:
+            warn_dev_key()
         key = DEV_HASH_KEY
     return key.encode()
 
 
+def warn_dev_key() -> None:
+    """The development-key warning, at most once per process (``RLHF_PERSONA_QUIET_DEV_KEY=1``:
+    never)."""
+    global _warned_dev_key
+    if not _warned_dev_key and os.environ.get("RLHF_PERSONA_QUIET_DEV_KEY") != "1":
+        warnings.warn(
+            f"{HASH_KEY_ENV} is not set: external ids are hashed with the public development "
+            "key. Set a secret key in production.",
+            stacklevel=3,
+        )
+        _warned_dev_key = True
+
+
 class KeyedHasher:
-    """HMAC-SHA256 of identifiers under one secret key (hex digests, 64 characters)."""
+    """HMAC-SHA256 of identifiers under one secret key (hex digests, 64 characters). With the
+    development key it warns when it first hashes an external id (what the key protects), not
+    when a store opens: commands that never see one (the loop's simulated users) stay quiet."""
 
     def __init__(self, key: str | None = None) -> None:
-        self._key = resolve_hash_key(key)
+        self._key = resolve_hash_key(key, warn=False)
+        self._dev = self._key == DEV_HASH_KEY.encode()
 
     def digest(self, namespace: str, value: str) -> str:
         # The namespace keeps a user id and an external id with the same text apart.
@@ -50,6 +61,8 @@ class KeyedHasher:
 
     def external_id(self, external_id: str) -> str:
         """Hash stored in ``users.external_id_hash`` and in the tombstone of a deleted user."""
+        if self._dev:
+            warn_dev_key()
         return self.digest("ext", external_id)
 
     def user_id(self, user_id: str) -> str:

@@ -138,6 +138,9 @@ def _source(spec: str, cache_dir: str | Path | None) -> str:
 
 
 def _from_pretrained(cls, spec: str, source: str, **kwargs):
+    from rlhf_persona.quiet import quiet_loading
+
+    quiet_loading()
     try:
         return cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

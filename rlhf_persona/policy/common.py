@@ -8,6 +8,8 @@ strings becomes a TRL reward function.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,15 +153,31 @@ def trainer_args(
         data_seed=seed,
         use_cpu=not on_gpu,
         bf16=bf16 and on_gpu,  # bf16 on CPU is up to 16x slower (docs/design.md)
-        gradient_checkpointing=False,  # tiny models: recomputation costs more than it saves
+        # tiny models: recomputation costs more than it saves (TRL defaults it on; this name,
+        # not the deprecated gradient_checkpointing, keeps transformers from warning)
+        activation_checkpointing=False,
         logging_steps=1,
         save_strategy="no",
-        # One W&B run spans many trainers; the trainer callback would re-key the run's x-axis,
-        # so train_policies logs each trainer's history to the tracking Run itself.
+        # One W&B run spans many trainers; transformers' W&B callback would re-key the run's
+        # x-axis, so each trainer's logs reach the tracking Run via ``trainer_callbacks``.
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+_CALLBACKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("callbacks", default=())
+
+
+@contextlib.contextmanager
+def trainer_callbacks(*callbacks):
+    """Every trainer ``run_trainer`` starts inside this block also gets ``callbacks`` (e.g. the
+    tracking Run's per-step logger), whatever algorithm module built it."""
+    token = _CALLBACKS.set(_CALLBACKS.get() + callbacks)
+    try:
+        yield
+    finally:
+        _CALLBACKS.reset(token)
 
 
 def run_trainer(trainer, anchor_base: bool = False):
@@ -170,6 +188,8 @@ def run_trainer(trainer, anchor_base: bool = False):
     if anchor_base:
         anchor_reference_at_base(trainer.model)
     trainer.remove_callback(PrinterCallback)
+    for callback in _CALLBACKS.get():
+        trainer.add_callback(callback)
     trainer.train()
     return trainer
 

@@ -14,6 +14,7 @@ Keys name who a request is for: a segment id, ``"global"`` (pooled-data baseline
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,22 @@ import torch
 from rlhf_persona.policy.common import load_adapter, load_base, render_prompt, resolve_device
 from rlhf_persona.policy.registry import BASE, GLOBAL, AdapterRegistry
 from rlhf_persona.policy.strategies import Route
+
+_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("generation_progress", default=None)
+
+
+@contextlib.contextmanager
+def generation_progress(total: int, desc: str):
+    """A tqdm bar (count, rate, ETA) that every ``PolicyGenerator.generate`` call inside the
+    block advances by its replies, batch by batch."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="reply", dynamic_ncols=True) as bar:
+        token = _PROGRESS.set(bar)
+        try:
+            yield bar
+        finally:
+            _PROGRESS.reset(token)
 
 
 @dataclass
@@ -83,17 +100,15 @@ class PolicyGenerator:
                     render_prompt(backend.tokenizer, prompts[i], route.system_prompt) for i in idx
                 ]
                 torch.manual_seed(seed)
+                outs = []
                 with self._activate(backend, route):
-                    outs = [
-                        self._generate_batch(
-                            backend,
-                            texts[s : s + self.batch_size],
-                            max_new_tokens,
-                            temperature,
-                            top_p,
+                    for s in range(0, len(texts), self.batch_size):
+                        batch = texts[s : s + self.batch_size]
+                        outs.append(
+                            self._generate_batch(backend, batch, max_new_tokens, temperature, top_p)
                         )
-                        for s in range(0, len(texts), self.batch_size)
-                    ]
+                        if (bar := _PROGRESS.get()) is not None:
+                            bar.update(len(batch))
                 for i, reply in zip(idx, (r for batch in outs for r in batch), strict=True):
                     replies[i] = reply
         return replies

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from rlhf_persona.config import PolicyConfig
 from rlhf_persona.errors import UserError
 from rlhf_persona.policy import dpo, grpo, kto, rloo, sft
+from rlhf_persona.policy.card import fix_base_reference, write_card
 from rlhf_persona.policy.common import (
     RewardFn,
     check_online_batch,
@@ -26,6 +27,7 @@ from rlhf_persona.policy.common import (
     load_base,
     require_columns,
     resolve_device,
+    trainer_callbacks,
 )
 from rlhf_persona.policy.registry import GLOBAL, AdapterInfo, AdapterRegistry
 from rlhf_persona.policy.strategies import STRATEGIES, Plan, Route, TrainJob
@@ -65,7 +67,7 @@ def train_policies(
         reward_fn: grpo/rloo only: ``fn(prompts, completions, segment_id, **kw) -> list[float]``
             on plain-text user prompts and replies, e.g. ``reward.make_reward_fn(rm)`` or a
             simulated-user scorer.
-        run: a tracking ``Run``; each adapter's metrics are logged at ``step=round``.
+        run: a tracking ``Run``: each adapter's summary at ``step=round``, its per-step curve live.
         round: loop round, recorded in the manifest.
         device: ``auto``/None (CUDA if available), ``cpu`` or ``cuda``; bf16 only on CUDA.
         seed: seed of every trainer (data order, LoRA init, sampling).
@@ -89,7 +91,7 @@ def train_policies(
     bar = tqdm(jobs, desc=f"policy round {round} ({policy_cfg.algorithm})", unit="adapter")
     for job in bar:
         bar.set_postfix_str(job.name)
-        with _quiet_datasets():
+        with _quiet_datasets(), _curve_logging(run, job.name):
             info = _train_job(
                 job,
                 algo,
@@ -104,11 +106,22 @@ def train_policies(
                 init_from,
             )
         registry.add_adapter(info)
+        write_card(registry.adapter_dir(job.name), info, policy_cfg, cards, round,
+                   job.system_prompts)  # fmt: skip
         if run is not None:
             run.log({job.name: info.metrics}, step=round, stage="policy")
     _apply_routes(registry, plans)
     registry.save()
     return registry
+
+
+def _curve_logging(run, name: str):
+    """Each trainer of the adapter logs its per-step curve to W&B ``policy_train/NAME/*``."""
+    if run is None:
+        return contextlib.nullcontext()
+    from rlhf_persona.tracking import trainer_logger
+
+    return trainer_callbacks(trainer_logger(run, name, "policy_train"))
 
 
 @contextlib.contextmanager
@@ -198,8 +211,14 @@ def _train_job(
     trainer = algo.train(model, tokenizer, _format(rows, algo, tokenizer), cfg, scratch, **common)
     history += trainer.state.log_history
     out = registry.adapter_dir(job.name)
+    # PEFT reads the base's config at save time: give it the loaded folder (a continued
+    # adapter's config holds the portable spec written below, which PEFT cannot open).
+    base_path = trainer.model.get_base_model().config.name_or_path
+    trainer.model.peft_config["default"].base_model_name_or_path = base_path
     # Only the trained adapter: TRL may add a frozen "ref" copy when warm-starting.
     trainer.model.save_pretrained(str(out), selected_adapters=["default"])
+    tokenizer.save_pretrained(str(out))  # with its chat template: the folder serves on its own
+    fix_base_reference(out, job.base_model)
     info = AdapterInfo(
         name=job.name,
         base_model=job.base_model,

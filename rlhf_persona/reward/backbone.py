@@ -44,6 +44,9 @@ def load_backbone(spec: str, cache_dir: str | Path | None = None, from_config: b
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from rlhf_persona.quiet import expected_load_report, quiet_loading
+
+    quiet_loading()
     path = resolve_spec(spec, cache_dir) if not Path(str(spec)).is_dir() else Path(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -51,9 +54,10 @@ def load_backbone(spec: str, cache_dir: str | Path | None = None, from_config: b
             config = AutoConfig.from_pretrained(path, num_labels=1)
             model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, dtype=torch.float32
-            )
+            with expected_load_report():  # the new one-output head is "missing": by design
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=1, dtype=torch.float32
+                )
     except Exception as exc:  # noqa: BLE001 - report which spec failed and why, not a traceback
         raise UserError(
             f"reward model spec {spec!r} ({path}) cannot be loaded as a sequence classifier: "

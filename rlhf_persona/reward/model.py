@@ -296,7 +296,9 @@ class RewardModel:
     # --- persistence --------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``reward_model.json``, the backbone's config + tokenizer and all weights."""
+        """Write ``reward_model.json``, the backbone's config + tokenizer, all weights, a model
+        card (``README.md``) and, where the strategy allows, ``hf/``: the same model as a plain
+        ``AutoModelForSequenceClassification`` (see ``reward.portable``)."""
         from safetensors.torch import save_model
 
         if not hasattr(self, "model_"):
@@ -319,6 +321,9 @@ class RewardModel:
         self._backbone_config().save_pretrained(out / "backbone")
         self.tokenizer_.save_pretrained(out / "backbone")
         save_model(self.model_, str(out / WEIGHTS_FILE))
+        from rlhf_persona.reward.portable import export_classifier, write_card
+
+        write_card(self, out, hf=export_classifier(self, out) is not None)
         return out
 
     def _backbone_config(self):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,22 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._t)
 
 
-class RunLogger(TrainerCallback):
-    """Forwards the trainer's logs (loss, accuracy, margin, ...) to a ``tracking.Run``."""
+class BarOnly(ProgressCallback):
+    """The trainer's step bar (count, rate, ETA), named, without a printed dict per logging
+    step (the numbers go to the tracking run instead)."""
 
-    def __init__(self, run, phase: str):
-        self.run, self.phase = run, phase
+    def __init__(self, desc: str):
+        super().__init__()
+        self.desc = desc
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.desc)
+            self.training_bar.unit = "step"
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.run is not None and logs:
-            self.run.log({"phase": self.phase, "step": state.global_step, **logs}, stage="reward")
+        pass
 
 
 def step_seconds(times: list[float]) -> float:
@@ -73,7 +81,7 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
 
 
 def trainer_args(cfg, *, n_rows: int, epochs: float, seed: int, remove_unused: bool):
-    """TRL ``RewardConfig`` for one phase (no checkpoints; logs go through ``RunLogger``)."""
+    """TRL ``RewardConfig`` for one phase (no checkpoints; logs go through ``trainer_logger``)."""
     from trl import RewardConfig
 
     steps = math.ceil(n_rows / cfg.batch_size) * epochs
@@ -88,7 +96,7 @@ def trainer_args(cfg, *, n_rows: int, epochs: float, seed: int, remove_unused: b
         weight_decay=0.0,
         use_cpu=not torch.cuda.is_available(),
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # (gradient_checkpointing: a deprecated alias)
         save_strategy="no",
         report_to=[],
         logging_steps=max(1, max_steps // 10),
@@ -118,15 +126,22 @@ def train_phase(
 
     args = trainer_args(cfg, n_rows=len(rows), epochs=epochs, seed=seed, remove_unused=False)
     timer = StepTimer()
+    callbacks = [timer]
+    if run is not None:  # loss, accuracy, margin, ... per step: W&B reward_train/PHASE/*
+        from rlhf_persona.tracking import trainer_logger
+
+        callbacks.append(trainer_logger(run, phase, "reward_train"))
     trainer = RewardTrainer(
         model=model,
         args=args,
         train_dataset=rows,
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=[timer, RunLogger(run, phase)],
+        callbacks=callbacks,
         optimizers=(make_optimizer(model, cfg), None),
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(BarOnly(f"reward {phase}"))
     start = time.perf_counter()
     out = trainer.train()
     seconds = time.perf_counter() - start
