@@ -252,6 +252,7 @@ def test_served_worker_collects_cycles_less_often(tmp_path, monkeypatch):
     from rlhf_persona.feedback.service.app import GC_THRESHOLDS, app_from_env
 
     monkeypatch.setenv("RLHF_PERSONA_DATABASE_URL", f"sqlite:///{tmp_path / 'f.db'}")
+    monkeypatch.setenv("RLHF_PERSONA_HASH_KEY", HASH_KEY)
     before = gc.get_threshold()
     try:
         assert app_from_env().routes  # the app is built as usual

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
+
 ENV_PREFIX = "RLHF_PERSONA_CHAT_"
 
 
@@ -83,7 +85,7 @@ class ChatSettings(BaseSettings):
         "RLHF_PERSONA_HASH_KEY (set either in production).",
     )
     token_ttl_s: int = Field(
-        3600, ge=10, le=7 * 24 * 3600, description="Default lifetime of a chat token, seconds."
+        3600, ge=10, le=MAX_TTL_S, description="Default lifetime of a chat token, seconds."
     )
     segment_cache_s: float = Field(
         30.0, ge=0, description="How long a user's segment is cached before it is read again."

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
 from rlhf_persona.feedback.schemas import Ident, Tag, Text
 
 
@@ -52,7 +53,7 @@ class ChatOut(BaseModel):
 class TokenIn(_In):
     user_id: Ident
     ttl_s: int | None = Field(
-        None, ge=10, le=7 * 24 * 3600, description="Lifetime in seconds (default: the service's)."
+        None, ge=10, le=MAX_TTL_S, description="Lifetime in seconds (default: the service's)."
     )
 
 

@@ -100,12 +100,12 @@ class ChatState:
         if isinstance(self.policy, ProcessPolicy):
             self.policy.close()
 
-    async def segment_of(self, user_id: str) -> int | None:
-        """The user's current segment (cached ``segment_cache_s``); raises NotFound / Gone for
-        an unknown or deleted user."""
+    async def segment_of(self, user_id: str, fresh: bool = False) -> int | None:
+        """The user's current segment (cached ``segment_cache_s`` unless ``fresh``); raises
+        NotFound / Gone for an unknown or deleted user."""
         hit = self._segments.get(user_id)
         now = time.monotonic()
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > now and not fresh:
             return hit[0]
         user = await run_in_threadpool(self.store.get_user, user_id)
         if len(self._segments) > MAX_CACHED_USERS:

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from rlhf_persona.feedback.chat.serving import REASON_TAGS
 from rlhf_persona.feedback.chat.settings import ChatSettings
 from rlhf_persona.feedback.chat.tokens import TokenError, mint_token, verify_token
-from rlhf_persona.feedback.errors import StoreError
+from rlhf_persona.feedback.errors import Gone, NotFound, StoreError
 from rlhf_persona.feedback.schemas import FeedbackEventIn
 from rlhf_persona.feedback.service.chat_models import (
     ChatFeedbackIn,
@@ -89,14 +89,23 @@ class Forbidden(StoreError):
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 
-def _token_user(request: Request, creds: HTTPAuthorizationCredentials | None) -> Any:
+async def _token_user(request: Request, creds: HTTPAuthorizationCredentials | None) -> Any:
+    """The token's user; 401 for a missing, forged or expired token, or one whose user was
+    deleted since it was minted (checked on every request, not cached)."""
     if creds is None or creds.scheme.lower() != "bearer":
         message = "missing chat token: send Authorization: Bearer <token>"
         raise HTTPException(401, message, headers=_BEARER)
     try:
-        return verify_token(_chat(request).key, creds.credentials)
+        user = verify_token(_chat(request).key, creds.credentials)
     except TokenError as exc:
         raise HTTPException(401, str(exc), headers=_BEARER) from None
+    try:
+        await _chat(request).segment_of(user.user_id, fresh=True)
+    except (Gone, NotFound):
+        raise HTTPException(
+            401, "the chat token's user no longer exists", headers=_BEARER
+        ) from None
+    return user
 
 
 def _same_user(token_user: str, body_user: str | None) -> None:
@@ -120,7 +129,7 @@ async def chat(
     adapter, segment, generation settings) and recorded as shown to the user."""
     state = _chat(request)
     if creds is not None:
-        user_id = _token_user(request, creds).user_id
+        user_id = (await _token_user(request, creds)).user_id
         _same_user(user_id, body.user_id)
     else:
         await check_role(request, "collector", key)
@@ -180,7 +189,7 @@ async def create_token(body: TokenIn, request: Request, store: Store) -> JSON:
 @router.get("/session", response_model=SessionOut, responses={401: ERRORS[401]})
 async def session(request: Request, creds: Credentials) -> JSON:
     """Who the token is for, until when, and what the page offers (reason tags)."""
-    user = _token_user(request, creds)
+    user = await _token_user(request, creds)
     state = _chat(request)
     return JSON(
         {"user_id": user.user_id, "expires_at": _iso(user.expires_at),
@@ -201,7 +210,7 @@ async def session(request: Request, creds: Credentials) -> JSON:
 async def chat_feedback(body: ChatFeedbackIn, request: Request, creds: Credentials) -> JSON:
     """Record the token's user's thumb, rating, A/B choice or comment on replies shown to them:
     201 ``created`` / ``updated`` (a changed vote), 200 ``duplicate`` (a retry)."""
-    user_id = _token_user(request, creds).user_id
+    user_id = (await _token_user(request, creds)).user_id
     _same_user(user_id, body.user_id)
     state = _chat(request)
     for field in ("reply_id", "other_reply_id"):
