@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -295,3 +296,108 @@ def test_writer_parses_on_its_thread_and_answers_a_bad_batch_alone(sqlite_store)
     assert [r.status for r in ok] == ["created"]
     assert isinstance(failed, ValueError) and "not a list" in str(failed)
     assert sqlite_store.counts()["events"] == 1
+
+
+def test_reused_event_id_with_other_content_is_409_within_a_batch_and_a_group_commit(
+    client, service
+):
+    """The same id twice in one batch, or in concurrent posts that share one group commit:
+    the same content is a duplicate, different content a 409 (never silently dropped)."""
+    _user(client, "svc-reuse")
+    batch = [event("svc-ru1", user_id="svc-reuse"), event("svc-ru1", user_id="svc-reuse"),
+             event("svc-ru1", user_id="svc-reuse", value=-1)]  # fmt: skip
+    results = client.post("/v1/feedback/batch", json={"events": batch}).json()["results"]
+    assert [(r["status"], r["code"]) for r in results] == [
+        ("created", None), ("duplicate", None), ("error", 409)]  # fmt: skip
+    assert results[2]["field"] == "event_id"
+
+    async def post_all():
+        async with httpx.AsyncClient(base_url=service.base_url, headers=client.headers) as ac:
+            return await asyncio.gather(*(
+                ac.post("/v1/feedback", json=event("svc-ru2", user_id="svc-reuse",
+                                                    reply=f"Reply {i}."))
+                for i in range(16)))  # fmt: skip
+
+    codes = sorted(r.status_code for r in asyncio.run(post_all()))
+    assert codes == [201] + [409] * 15, codes
+    with FeedbackStore(service.db, hash_key=HASH_KEY) as store:
+        assert len(store.events(user_id="svc-reuse", history=True)) == 2
+
+
+def test_cursors_out_of_range_are_422_not_500(client):
+    import base64
+
+    def cursor(n: int) -> str:
+        return base64.urlsafe_b64encode(f"v1:{n}".encode()).decode().rstrip("=")
+
+    for path in ("/v1/feedback", "/v1/users"):
+        for n in (2**63, 2**64 + 5, 10**30):
+            _error(client.get(path, params={"cursor": cursor(n)}), 422, "cursor")
+        last = client.get(path, params={"cursor": cursor(2**63 - 1)})
+        assert last.status_code == 200 and last.json()["items"] == [], last.text
+
+
+def test_chat_tokens_have_a_maximum_lifetime_and_die_with_their_user(client, service,
+                                                                    admin_headers):  # fmt: skip
+    """No chat model is needed: tokens and the session route work without one."""
+    from rlhf_persona.feedback.chat.tokens import MAX_TTL_S, mint_token, token_key
+
+    _user(client, "svc-tok")
+    key = token_key(None, HASH_KEY)
+    ten_years = mint_token(key, "svc-tok", 60, now=time.time() + 10 * 365 * 86400)
+    resp = httpx.get(service.base_url + "/v1/chat/session",
+                     headers={"Authorization": "Bearer " + ten_years})  # fmt: skip
+    _error(resp, 401, words=["maximum lifetime"])
+    with pytest.raises(ValueError):
+        mint_token(key, "svc-tok", MAX_TTL_S + 1)
+    minted = client.post("/v1/chat/tokens", json={"user_id": "svc-tok"})
+    assert minted.status_code == 201, minted.text
+    bearer = {"Authorization": "Bearer " + minted.json()["token"]}
+    assert httpx.get(service.base_url + "/v1/chat/session", headers=bearer).status_code == 200
+    assert client.delete("/v1/users/svc-tok", headers=admin_headers).status_code == 200
+    fb = {"event_id": "svc-tok-1", "kind": "thumbs", "reply_id": "r_x", "value": 1}
+    for method, path, body in [("GET", "/v1/chat/session", None),
+                               ("POST", "/v1/chat/feedback", fb),
+                               ("POST", "/v1/chat", {"message": "hello"})]:  # fmt: skip
+        resp = httpx.request(method, service.base_url + path, json=body, headers=bearer)
+        _error(resp, 401, words=["no longer exists"])
+
+
+def test_deleting_a_user_over_http_leaves_nothing_in_the_raw_files(client, service,
+                                                                   admin_headers):  # fmt: skip
+    mark = "qx9-http-unique-2718"
+    uid = f"{mark}@example.org"
+    _user(client, uid, note=f"profile {mark}")
+    reply = client.post("/v1/replies", json={"prompt": f"Only I asked {mark}?", "reply": "Yes.",
+                                             "user_id": uid})  # fmt: skip
+    assert reply.status_code == 201
+    rated = event("svc-http-del", user_id=uid, prompt=f"Prompt {mark}?", reply=f"Reply {mark}.")
+    assert client.post("/v1/feedback", json=rated).status_code == 201
+    assert client.delete(f"/v1/users/{uid}", headers=admin_headers).status_code == 200
+    _error(client.get(f"/v1/replies/{reply.json()['reply_id']}"), 404, "reply_id")
+    files = [service.db, service.db.with_name(service.db.name + "-wal")]
+    leftover = {f.name: f.read_bytes().count(mark.encode()) for f in files if f.exists()}
+    assert not any(leftover.values()), leftover
+
+
+def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_PERSONA_")}
+    cmd = [sys.executable, "-m", "rlhf_persona.feedback.service", "--db", str(tmp_path / "f.db")]
+    cases = [
+        ({}, [], "RLHF_PERSONA_HASH_KEY is not set"),
+        ({"RLHF_PERSONA_HASH_KEY": "rlhf-persona-dev-key"}, [], "public development key"),
+        ({"RLHF_PERSONA_HASH_KEY": "short"}, [], "shorter than 16"),
+        ({"RLHF_PERSONA_HASH_KEY": HASH_KEY, "RLHF_PERSONA_CHAT_TOKEN_SECRET": "x"}, [],
+         "RLHF_PERSONA_CHAT_TOKEN_SECRET is shorter"),
+        ({}, ["--dev", "--host", "0.0.0.0"], "loopback"),
+    ]  # fmt: skip
+    for extra_env, args, message in cases:
+        proc = subprocess.run([*cmd, *args], env={**env, **extra_env}, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and message in out and "Traceback" not in out, out
+    assert not (tmp_path / "f.db").exists()  # refused before the store was touched
