@@ -1,8 +1,9 @@
 """Database URLs and engines: SQLite (the embedded default) or PostgreSQL.
 
 SQLite connections get WAL (readers never block the writer), foreign keys on, a busy timeout,
-``secure_delete`` (deleted rows are zeroed on disk), ``synchronous=NORMAL`` (in WAL mode a committed transaction survives a killed process; only
-an OS crash or power loss can lose the last commits), and a WAL checkpoint every 10,000 pages.
+``secure_delete`` (deleted rows are zeroed on disk), ``synchronous=NORMAL`` (in WAL mode a
+committed transaction survives a killed process; only an OS crash or power loss can lose the
+last commits), and a WAL checkpoint every 10,000 pages.
 Write transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy
 timeout instead of failing with "database is locked" when a read transaction tries to upgrade
 to a write; and writers of one SQLite file queue on a kernel file lock first (``WriteLock``).
@@ -234,9 +235,9 @@ def truncate_wal(engine: Engine, write_lock: WriteLock | None = None, tries: int
     if sqlite_file(engine.url) is None:
         return True
     for attempt in range(tries):
-        with write_lock() if write_lock is not None else contextlib.nullcontext():
-            with engine.connect() as conn:
-                busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]
+        lock = write_lock() if write_lock is not None else contextlib.nullcontext()
+        with lock, engine.connect() as conn:
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]
         if not busy:
             return True
         time.sleep(0.05 * (attempt + 1))
