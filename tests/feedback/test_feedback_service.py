@@ -401,3 +401,23 @@ def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path):
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and message in out and "Traceback" not in out, out
     assert not (tmp_path / "f.db").exists()  # refused before the store was touched
+
+
+def test_profiles_are_bounded_and_types_are_strict(client):
+    _user(client, "svc-big-profile")
+    _error(client.patch("/v1/users/svc-big-profile", json={"profile": {"note": "x" * 1001}}),
+           422, "profile.note", ["1000 characters"])  # fmt: skip
+    answers = [client.patch("/v1/users/svc-big-profile", json={"profile": {f"k{i}": "x" * 900}})
+               for i in range(20)]  # fmt: skip
+    codes = [resp.status_code for resp in answers]
+    assert codes[:18] == [200] * 18 and set(codes[18:]) == {422}, codes  # 16 KiB in all
+    _error(answers[-1], 422, "profile", ["bytes"])
+    assert len(client.get("/v1/users/svc-big-profile").json()["profile"]) == 18
+    for body in ({"consent": "yes"}, {"consent": 1}):
+        _error(client.patch("/v1/users/svc-big-profile", json=body), 422, "consent")
+    _error(client.post("/v1/users", json={"user_id": "svc-strict", "consent": "true"}), 422,
+           "consent")  # fmt: skip
+    _error(client.post("/v1/chat", json={"user_id": "svc-big-profile", "message": "hi",
+                                         "ab": "yes"}), 422, "ab")  # fmt: skip
+    _error(client.post("/v1/chat/tokens", json={"user_id": "svc-big-profile", "ttl_s": "600"}),
+           422, "ttl_s")  # fmt: skip
