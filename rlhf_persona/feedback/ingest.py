@@ -250,6 +250,8 @@ def _prepare(index: int, raw: Any, now: datetime, results: list) -> _Item | None
     if orid is None and ev.other_reply is not None:
         orid = reply_id_for(ev.prompt, ev.other_reply, phash)
     comment = mask_pii(ev.comment)
+    if ev.reason_tags:  # free text too (a tag can be typed by the user)
+        ev.reason_tags = [mask_pii(tag) for tag in ev.reason_tags]
     # What makes two events "the same" for idempotency (the time of receipt does not).
     payload = "\x1f".join(
         map(str, (ev.user_id, ev.kind, rid, orid, ev.value, ev.reason_tags, comment))

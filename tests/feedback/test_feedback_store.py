@@ -186,6 +186,28 @@ def test_comments_are_masked_before_storage(store):
     assert all("example.org" not in text for text in raw)
 
 
+PII_CASES = [
+    ("card 4111 1111 1111 1111, not 4111-1111-1111-1112", "card [card], not 4111-1111-1111-1112"),
+    ("IBAN DE89 3704 0044 0532 0130 00 / GB82WEST12345698765432", "IBAN [iban] / [iban]"),
+    ("write to josé@bücher.de or 用户@例子.广告", "write to [email] or [email]"),
+    ("call (555) 123-4567 ext. 89 or +1 555 123 4567 x12", "call [phone] or [phone]"),
+    ("12.50 in 2024, order 12345, 3.14159", "12.50 in 2024, order 12345, 3.14159"),
+]
+
+
+def test_masking_covers_cards_ibans_idn_mail_extensions_and_reason_tags(store):
+    from rlhf_persona.feedback.privacy import mask_pii
+
+    assert [mask_pii(text) for text, _ in PII_CASES] == [masked for _, masked in PII_CASES]
+    store.upsert_user("alice")
+    tags = ["too long", "mail jane@example.org"]
+    [result] = store.record_events([event("t1", reason_tags=tags)])
+    assert result.status == "created"
+    assert store.events()[0]["reason_tags"] == ["too long", "mail [email]"]
+    again = store.record_events([event("t1", reason_tags=tags)])[0]  # a retry is still one
+    assert again.status == "duplicate"
+
+
 def test_external_ids_are_stored_only_as_keyed_hashes(store):
     uid = store.upsert_user(external_id="jane@example.org", profile={"age_band": "25-34"})
     assert uid.startswith("u_") and "jane" not in uid

@@ -32,6 +32,7 @@ from rlhf_persona.feedback.chat.serving import REASON_TAGS
 from rlhf_persona.feedback.chat.settings import ChatSettings
 from rlhf_persona.feedback.chat.tokens import TokenError, mint_token, verify_token
 from rlhf_persona.feedback.errors import Gone, NotFound, StoreError
+from rlhf_persona.feedback.privacy import mask_pii
 from rlhf_persona.feedback.schemas import FeedbackEventIn
 from rlhf_persona.feedback.service.chat_models import (
     ChatFeedbackIn,
@@ -138,16 +139,17 @@ async def chat(
         user_id = body.user_id
     if len(body.message) > state.settings.max_message_chars:
         raise StoreError(f"at most {state.settings.max_message_chars} characters", "message")
+    message = mask_pii(body.message)  # neither the policy nor the store sees contact details
     segment = await state.segment_of(user_id)
     ab = state.wants_ab(body.ab)
     try:
-        generated = await state.replies(segment, body.message, ab, user_id)
+        generated = await state.replies(segment, message, ab, user_id)
     except Exception as exc:  # the model failed to load or to generate
         log.warning("chat generation failed: %s", exc)
-        message = f"the chat policy is not available: {exc}"
-        raise HTTPException(503, message, headers={"Retry-After": "5"}) from None
+        detail = f"the chat policy is not available: {exc}"
+        raise HTTPException(503, detail, headers={"Retry-After": "5"}) from None
     rows = [
-        dict(prompt=body.message, reply=g.text, policy=g.policy, adapter=g.adapter,
+        dict(prompt=message, reply=g.text, policy=g.policy, adapter=g.adapter,
              segment=g.segment, generation=g.generation, user_id=user_id,
              conversation_id=body.conversation_id)
         for g in generated
@@ -158,7 +160,7 @@ async def chat(
         {
             "user_id": user_id,
             "conversation_id": body.conversation_id,
-            "prompt": body.message,
+            "prompt": message,
             "ab": ab,
             "replies": [
                 {"reply_id": r["reply_id"], "text": r["reply"], "slot": "AB"[i] if ab else None}
