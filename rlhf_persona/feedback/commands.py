@@ -218,7 +218,7 @@ def _print_report(title: str, report: dict) -> None:
 
 @keys_app.command("create")
 def keys_create(
-    role: str = typer.Option(..., "--role", help="collector | admin"),
+    role: str = typer.Option(..., "--role", help="collector (write) | reader (read) | admin"),
     name: str | None = typer.Option(None, help="A label for the key (who uses it)."),
     db: str | None = DbOption,
 ) -> None:

@@ -58,7 +58,7 @@ from rlhf_persona.feedback.schemas import (
     reply_id_for,
 )
 
-ROLES = ("collector", "admin")
+ROLES = ("collector", "reader", "admin")
 _IN_CHUNK = 900  # keeps every IN (...) list well under SQLite's bound-parameter limit
 
 
@@ -819,8 +819,8 @@ class FeedbackStore:
 
     # -- API keys -----------------------------------------------------------------------------
     def create_api_key(self, role: str, name: str | None = None) -> str:
-        """Create an API key with ``role`` (collector or admin); the key is returned once and
-        stored only as a hash."""
+        """Create an API key with ``role`` (collector: write, reader: read, admin: all); the key
+        is returned once and stored only as a hash."""
         if role not in ROLES:
             raise InvalidInput(f"must be one of {', '.join(ROLES)}, not {role!r}", "role")
         key = "rp_" + secrets.token_urlsafe(32)

@@ -19,7 +19,7 @@ MAX_BODY = 64 * 1024
 def service(tmp_path_factory):
     db = tmp_path_factory.mktemp("service") / "feedback.db"
     with FeedbackStore(db, hash_key=HASH_KEY) as store:
-        keys = {role: store.create_api_key(role) for role in ("collector", "admin")}
+        keys = {role: store.create_api_key(role) for role in ("collector", "reader", "admin")}
     env = {"RLHF_PERSONA_HASH_KEY": HASH_KEY, "RLHF_PERSONA_MAX_BODY_BYTES": str(MAX_BODY),
            "RLHF_PERSONA_MAX_BATCH_EVENTS": "100"}  # fmt: skip
     with ServiceProcess(f"sqlite:///{db}", env=env) as proc:
@@ -37,6 +37,14 @@ def client(service):
 
 
 @pytest.fixture(scope="module")
+def reader(service):
+    """A client with a reader key (reading profiles and feedback is not the collector's)."""
+    with httpx.Client(base_url=service.base_url, timeout=30) as c:
+        c.headers["X-API-Key"] = service.keys["reader"]
+        yield c
+
+
+@pytest.fixture(scope="module")
 def admin_headers(service):
     return {"X-API-Key": service.keys["admin"]}
 
@@ -47,19 +55,21 @@ def _user(client, user_id, **profile):
     return resp.json()
 
 
-def test_users_create_read_update_list(client):
+def test_users_create_read_update_list(client, reader):
     created = client.post("/v1/users", json={"user_id": "svc-u1", "profile": {"age_band": "25-34"}})
     assert created.status_code == 201
     assert client.post("/v1/users", json={"user_id": "svc-u1"}).status_code == 200
     patched = client.patch("/v1/users/svc-u1", json={"profile": {"region": "eu"}})
-    assert patched.json()["profile"] == {"age_band": "25-34", "region": "eu"}
+    assert patched.json()["profile"] == {"region": "eu"}  # a collector sees what it sent
+    merged = reader.get("/v1/users/svc-u1").json()["profile"]
+    assert merged == {"age_band": "25-34", "region": "eu"}
     by_ext = client.post("/v1/users", json={"external_id": "crm-42", "profile": {}})
     assert by_ext.status_code == 201 and by_ext.json()["user_id"].startswith("u_")
     for i in range(3):
         _user(client, f"svc-page-{i}")
     ids, cursor = [], None
     while True:
-        page = client.get(
+        page = reader.get(
             "/v1/users", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
         )
         assert page.status_code == 200
@@ -70,7 +80,7 @@ def test_users_create_read_update_list(client):
     assert {"svc-u1", "svc-page-0", "svc-page-2"} <= set(ids) and len(ids) == len(set(ids))
 
 
-def test_feedback_idempotency_vote_change_and_db_rows(client, service):
+def test_feedback_idempotency_vote_change_and_db_rows(client, reader, service):
     _user(client, "svc-voter")
     first = client.post("/v1/feedback", json=event("svc-e1", user_id="svc-voter"))
     retry = client.post("/v1/feedback", json=event("svc-e1", user_id="svc-voter"))
@@ -79,9 +89,9 @@ def test_feedback_idempotency_vote_change_and_db_rows(client, service):
     assert (retry.status_code, retry.json()["status"]) == (200, "duplicate")
     assert retry.json()["reply_id"] == first.json()["reply_id"]
     assert (change.status_code, change.json()["status"]) == (201, "updated")
-    listed = client.get("/v1/feedback", params={"user_id": "svc-voter"}).json()["items"]
+    listed = reader.get("/v1/feedback", params={"user_id": "svc-voter"}).json()["items"]
     assert [(e["event_id"], e["value"]) for e in listed] == [("svc-e2", -1)]
-    history = client.get("/v1/feedback", params={"user_id": "svc-voter", "history": True})
+    history = reader.get("/v1/feedback", params={"user_id": "svc-voter", "history": True})
     assert [e["event_id"] for e in history.json()["items"]] == ["svc-e1", "svc-e2"]
     with FeedbackStore(service.db, hash_key=HASH_KEY) as store:  # the rows in the database
         rows = store.events(user_id="svc-voter", history=True)
@@ -128,6 +138,29 @@ def test_401_without_or_with_a_wrong_key(service):
     _error(httpx.get(url, headers={"X-API-Key": "rp_wrong"}), 401, words=["invalid"])
 
 
+def test_read_and_write_are_separate_roles(client, reader, admin_headers):
+    """A collector key writes but cannot read what others sent (profiles, comments, prompts);
+    a reader key reads but cannot write; admin does both."""
+    _user(client, "svc-scope", age_band="25-34", city="Lyon")
+    comment = event("svc-scope-c", user_id="svc-scope", kind="comment", value=None,
+                    comment="private words")  # fmt: skip
+    assert client.post("/v1/feedback", json=comment).status_code == 201
+    rid = client.post("/v1/replies", json={"prompt": "Q?", "reply": "A."}).json()["reply_id"]
+    for path in ("/v1/users/svc-scope", "/v1/users", "/v1/feedback", f"/v1/replies/{rid}"):
+        _error(client.get(path), 403, words=["reader"])
+        assert reader.get(path).status_code == 200
+        assert httpx.get(reader.base_url.join(path), headers=admin_headers).status_code == 200
+    again = client.post("/v1/users", json={"user_id": "svc-scope", "consent": False})
+    assert again.status_code == 200 and again.json()["profile"] == {}  # not a way to read
+    patched = client.patch("/v1/users/svc-scope", json={"profile": {"city": "Nice"}})
+    assert patched.json()["profile"] == {"city": "Nice"}
+    stored = reader.get("/v1/users/svc-scope").json()
+    assert stored["profile"] == {"age_band": "25-34", "city": "Nice"} and not stored["consent"]
+    _error(reader.post("/v1/feedback", json=event("svc-scope-2", user_id="svc-scope")), 403,
+           words=["collector"])  # fmt: skip
+    _error(reader.post("/v1/users", json={"user_id": "svc-scope-3"}), 403, words=["collector"])
+
+
 def test_403_collector_may_not_delete_or_export(client, admin_headers):
     _user(client, "svc-del")
     _error(client.delete("/v1/users/svc-del"), 403, words=["admin"])
@@ -135,9 +168,9 @@ def test_403_collector_may_not_delete_or_export(client, admin_headers):
     assert client.get("/v1/export/preference", headers=admin_headers).status_code == 200
 
 
-def test_404_unknown_ids(client):
-    _error(client.get("/v1/users/svc-ghost"), 404, "user_id", ["svc-ghost"])
-    _error(client.get("/v1/replies/r_ghost"), 404, "reply_id")
+def test_404_unknown_ids(client, reader):
+    _error(reader.get("/v1/users/svc-ghost"), 404, "user_id", ["svc-ghost"])
+    _error(reader.get("/v1/replies/r_ghost"), 404, "reply_id")
     _user(client, "svc-404")
     by_id = {"event_id": "svc-404a", "user_id": "svc-404", "kind": "thumbs",
              "reply_id": "r_ghost", "value": 1}  # fmt: skip
@@ -145,14 +178,14 @@ def test_404_unknown_ids(client):
     _error(client.post("/v1/feedback", json=event("svc-404b", user_id="svc-ghost")), 404, "user_id")
 
 
-def test_410_deleted_user_and_409_reused_event_id(client, admin_headers):
+def test_410_deleted_user_and_409_reused_event_id(client, reader, admin_headers):
     _user(client, "svc-gone")
     assert client.post("/v1/feedback", json=event("svc-g1", user_id="svc-gone")).status_code == 201
     _error(client.post("/v1/feedback", json=event("svc-g1", user_id="svc-gone", value=-1)), 409,
            "event_id")  # fmt: skip
     deleted = client.delete("/v1/users/svc-gone", headers=admin_headers)
     assert deleted.status_code == 200 and deleted.json()["removed"]["events"] == 1
-    _error(client.get("/v1/users/svc-gone"), 410, "user_id")
+    _error(reader.get("/v1/users/svc-gone"), 410, "user_id")
     _error(client.post("/v1/users", json={"user_id": "svc-gone"}), 410, "user_id")
 
 
@@ -168,7 +201,7 @@ def test_413_oversized_bodies(client):
                        headers={"Content-Type": "application/json"}), 413)  # fmt: skip
 
 
-def test_422_names_the_field(client):
+def test_422_names_the_field(client, reader):
     _user(client, "svc-422")
     _error(client.post("/v1/feedback", json=event("svc-v", user_id="svc-422", value=3)), 422,
            "value")  # fmt: skip
@@ -187,8 +220,8 @@ def test_422_names_the_field(client):
     _error(client.post("/v1/feedback/batch", json={"events": 3}), 422, "events")
     too_many = {"events": [event(f"svc-m{i}", user_id="svc-422") for i in range(101)]}
     _error(client.post("/v1/feedback/batch", json=too_many), 422, "events")
-    _error(client.get("/v1/users", params={"limit": 0}), 422, "limit")
-    _error(client.get("/v1/users", params={"cursor": "garbage"}), 422, "cursor")
+    _error(reader.get("/v1/users", params={"limit": 0}), 422, "limit")
+    _error(reader.get("/v1/users", params={"cursor": "garbage"}), 422, "cursor")
 
 
 NASTY_BODIES = [
@@ -324,7 +357,7 @@ def test_reused_event_id_with_other_content_is_409_within_a_batch_and_a_group_co
         assert len(store.events(user_id="svc-reuse", history=True)) == 2
 
 
-def test_cursors_out_of_range_are_422_not_500(client):
+def test_cursors_out_of_range_are_422_not_500(reader):
     import base64
 
     def cursor(n: int) -> str:
@@ -332,8 +365,8 @@ def test_cursors_out_of_range_are_422_not_500(client):
 
     for path in ("/v1/feedback", "/v1/users"):
         for n in (2**63, 2**64 + 5, 10**30):
-            _error(client.get(path, params={"cursor": cursor(n)}), 422, "cursor")
-        last = client.get(path, params={"cursor": cursor(2**63 - 1)})
+            _error(reader.get(path, params={"cursor": cursor(n)}), 422, "cursor")
+        last = reader.get(path, params={"cursor": cursor(2**63 - 1)})
         assert last.status_code == 200 and last.json()["items"] == [], last.text
 
 
@@ -363,7 +396,7 @@ def test_chat_tokens_have_a_maximum_lifetime_and_die_with_their_user(client, ser
         _error(resp, 401, words=["no longer exists"])
 
 
-def test_deleting_a_user_over_http_leaves_nothing_in_the_raw_files(client, service,
+def test_deleting_a_user_over_http_leaves_nothing_in_the_raw_files(client, reader, service,
                                                                    admin_headers):  # fmt: skip
     mark = "qx9-http-unique-2718"
     uid = f"{mark}@example.org"
@@ -374,7 +407,7 @@ def test_deleting_a_user_over_http_leaves_nothing_in_the_raw_files(client, servi
     rated = event("svc-http-del", user_id=uid, prompt=f"Prompt {mark}?", reply=f"Reply {mark}.")
     assert client.post("/v1/feedback", json=rated).status_code == 201
     assert client.delete(f"/v1/users/{uid}", headers=admin_headers).status_code == 200
-    _error(client.get(f"/v1/replies/{reply.json()['reply_id']}"), 404, "reply_id")
+    _error(reader.get(f"/v1/replies/{reply.json()['reply_id']}"), 404, "reply_id")
     files = [service.db, service.db.with_name(service.db.name + "-wal")]
     leftover = {f.name: f.read_bytes().count(mark.encode()) for f in files if f.exists()}
     assert not any(leftover.values()), leftover
@@ -403,7 +436,7 @@ def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path):
     assert not (tmp_path / "f.db").exists()  # refused before the store was touched
 
 
-def test_profiles_are_bounded_and_types_are_strict(client):
+def test_profiles_are_bounded_and_types_are_strict(client, reader):
     _user(client, "svc-big-profile")
     _error(client.patch("/v1/users/svc-big-profile", json={"profile": {"note": "x" * 1001}}),
            422, "profile.note", ["1000 characters"])  # fmt: skip
@@ -412,7 +445,7 @@ def test_profiles_are_bounded_and_types_are_strict(client):
     codes = [resp.status_code for resp in answers]
     assert codes[:18] == [200] * 18 and set(codes[18:]) == {422}, codes  # 16 KiB in all
     _error(answers[-1], 422, "profile", ["bytes"])
-    assert len(client.get("/v1/users/svc-big-profile").json()["profile"]) == 18
+    assert len(reader.get("/v1/users/svc-big-profile").json()["profile"]) == 18
     for body in ({"consent": "yes"}, {"consent": 1}):
         _error(client.patch("/v1/users/svc-big-profile", json=body), 422, "consent")
     _error(client.post("/v1/users", json={"user_id": "svc-strict", "consent": "true"}), 422,
