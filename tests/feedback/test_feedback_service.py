@@ -268,7 +268,24 @@ def test_concurrent_single_posts_are_all_stored(client, service):
 
 
 def test_openapi_docs(service):
-    assert httpx.get(service.base_url + "/docs").status_code == 200
+    """The docs pages may run only the scripts they name and their own inline script (by hash),
+    and fetch only from the service."""
+    import base64
+    import hashlib
+    import re
+
+    for path in ("/docs", "/redoc"):
+        page = httpx.get(service.base_url + path)
+        assert page.status_code == 200
+        policy = dict(part.split(" ", 1) for part in
+                      page.headers["content-security-policy"].split("; "))  # fmt: skip
+        assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
+        assert "'unsafe-inline'" not in policy["script-src"] and "*" not in policy["script-src"]
+        for src in re.findall(r'<script src="([^"]+)"', page.text):
+            assert src in policy["script-src"].split()
+        for inline in re.findall(r"<script>(.*?)</script>", page.text, re.S):
+            digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in policy["script-src"]
     spec = httpx.get(service.base_url + "/openapi.json").json()
     assert {"/v1/feedback", "/v1/feedback/batch", "/v1/users/{user_id}"} <= set(spec["paths"])
     batch = spec["paths"]["/v1/feedback/batch"]["post"]["requestBody"]["content"]

@@ -69,6 +69,8 @@ def create_app(
         summary="Users, replies and their feedback (thumbs, ratings, A/B choices, comments).",
         lifespan=lifespan,
         default_response_class=JSON,
+        docs_url=None,  # served by routes/docs.py, with a content security policy
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
