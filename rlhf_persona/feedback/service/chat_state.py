@@ -17,6 +17,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from rlhf_persona.feedback.chat.batcher import MicroBatcher
+from rlhf_persona.feedback.chat.limits import ChatLimiter
 from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request
 from rlhf_persona.feedback.chat.settings import ChatSettings
 from rlhf_persona.feedback.chat.tokens import token_key
@@ -67,13 +68,19 @@ class ChatState:
         policy_class = ProcessPolicy if settings.separate_process else ChatPolicy
         self.policy: ChatPolicy | ProcessPolicy = policy_class(settings, cache_dir)
         self.batcher: MicroBatcher[Request, Generated] = MicroBatcher(
-            self.policy.generate, settings.max_batch, settings.batch_window_ms / 1000, "generate"
+            self.policy.generate,
+            settings.max_batch,
+            settings.batch_window_ms / 1000,
+            "generate",
+            key=lambda request: request.user_id,  # round-robin across users
         )
         # Replies are written by one thread, batched: concurrent chats never race each other
         # for the database's write lock, and take it once per batch.
         self.recorder: MicroBatcher[dict, Any] = MicroBatcher(
             self._record, max_batch=64, window_s=0, name="replies"
         )
+        self.limiter = ChatLimiter(settings.max_inflight, settings.token_max_inflight,
+                                   settings.token_rate_per_min, settings.token_burst)  # fmt: skip
         self.key = token_key(settings.token_secret, hash_key)
         self.shown = ShownReplies(store)
         self.rng = random.Random(settings.seed)

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from rlhf_persona.feedback.chat.limits import RateLimited
 from rlhf_persona.feedback.errors import StoreError
 from rlhf_persona.feedback.schemas import describe_errors
 from rlhf_persona.feedback.service.responses import JSON, error_body
@@ -46,6 +47,10 @@ async def _database(request: Request, exc: sa.exc.SQLAlchemyError) -> JSON:
                 headers={"Retry-After": "1"})  # fmt: skip
 
 
+async def _rate_limited(request: Request, exc: RateLimited) -> JSON:
+    return JSON(error_body(str(exc)), 429, headers={"Retry-After": str(exc.retry_after_s)})
+
+
 async def _overflow(request: Request, exc: OverflowError) -> JSON:
     # sqlite3 raises it (not a DBAPI error) for an integer beyond 64 bits
     log.warning("overflow on %s %s: %s", request.method, request.url.path, exc)
@@ -63,4 +68,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(sa.exc.SQLAlchemyError, _database)
     app.add_exception_handler(OverflowError, _overflow)
+    app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(Exception, _unexpected)

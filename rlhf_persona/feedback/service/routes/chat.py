@@ -54,7 +54,8 @@ bearer = HTTPBearer(auto_error=False, description="Per-user chat token (from /v1
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 Store = Annotated[FeedbackStore, Depends(get_store)]
 CHAT_ERRORS = ERRORS | {
-    503: {"model": ERRORS[422]["model"], "description": "The chat policy is not available."}
+    429: {"model": ERRORS[422]["model"], "description": "A rate limit: see Retry-After."},
+    503: {"model": ERRORS[422]["model"], "description": "The chat policy is not available."},
 }
 
 
@@ -139,6 +140,12 @@ async def chat(
         user_id = body.user_id
     if len(body.message) > state.settings.max_message_chars:
         raise StoreError(f"at most {state.settings.max_message_chars} characters", "message")
+    with state.limiter.admit(user_id if creds is not None else None):
+        return await _answer(state, body, user_id)
+
+
+async def _answer(state: ChatState, body: ChatIn, user_id: str) -> JSON:
+    """Generate, store and answer (inside the limiter's slot)."""
     message = mask_pii(body.message)  # neither the policy nor the store sees contact details
     segment = await state.segment_of(user_id)
     ab = state.wants_ab(body.ab)
