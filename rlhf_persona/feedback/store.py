@@ -21,6 +21,7 @@ Semantics:
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -58,6 +59,7 @@ from rlhf_persona.feedback.schemas import (
     reply_id_for,
 )
 
+log = logging.getLogger("rlhf_persona.feedback")
 ROLES = ("collector", "reader", "admin")
 _IN_CHUNK = 900  # keeps every IN (...) list well under SQLite's bound-parameter limit
 
@@ -466,7 +468,9 @@ class FeedbackStore:
                     "updated_at": utcnow(),
                 },  # fmt: skip
             )
-        truncate_wal(self.engine, self.write_lock)
+        if not truncate_wal(self.engine, self.write_lock):
+            log.warning("the WAL was not truncated after deleting a user (readers kept old "
+                        "snapshots); the next checkpoint overwrites it")  # fmt: skip
         return counts
 
     @staticmethod
