@@ -470,7 +470,7 @@ class FeedbackStore:
             )
         if not truncate_wal(self.engine, self.write_lock):
             log.warning("the WAL was not truncated after deleting a user (readers kept old "
-                        "snapshots); the next checkpoint overwrites it")  # fmt: skip
+                        "snapshots): deleted text stays in it until overwritten")  # fmt: skip
         return counts
 
     @staticmethod
