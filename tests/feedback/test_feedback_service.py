@@ -432,6 +432,7 @@ def test_deleting_a_user_over_http_leaves_nothing_in_the_raw_files(client, reade
 
 def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path):
     import os
+    import socket
     import subprocess
     import sys
 
@@ -451,6 +452,14 @@ def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path):
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and message in out and "Traceback" not in out, out
     assert not (tmp_path / "f.db").exists()  # refused before the store was touched
+    with socket.socket() as taken:  # a port held by another process is named up front
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        keyed = {**env, "RLHF_PERSONA_HASH_KEY": HASH_KEY}
+        proc = subprocess.run([*cmd, "--port", port], env=keyed, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and f"--port {port}: already in use" in proc.stderr, proc.stderr
 
 
 def test_profiles_are_bounded_and_types_are_strict(client, reader):
