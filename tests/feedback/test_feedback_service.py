@@ -430,29 +430,39 @@ def test_deleting_a_user_over_http_leaves_nothing_in_the_raw_files(client, reade
     assert not any(leftover.values()), leftover
 
 
-def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path):
+def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path, monkeypatch):
     import os
     import socket
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_PERSONA_")}
-    cmd = [sys.executable, "-m", "rlhf_persona.feedback.service", "--db", str(tmp_path / "f.db")]
+    from rlhf_persona.errors import UserError
+    from rlhf_persona.feedback.service.app import app_from_env
+    from rlhf_persona.feedback.service.startup import check_secrets
+
     cases = [
-        ({}, [], "RLHF_PERSONA_HASH_KEY is not set"),
-        ({"RLHF_PERSONA_HASH_KEY": "rlhf-persona-dev-key"}, [], "public development key"),
-        ({"RLHF_PERSONA_HASH_KEY": "short"}, [], "shorter than 16"),
-        ({"RLHF_PERSONA_HASH_KEY": HASH_KEY, "RLHF_PERSONA_CHAT_TOKEN_SECRET": "x"}, [],
-         "RLHF_PERSONA_CHAT_TOKEN_SECRET is shorter"),
-        ({}, ["--dev", "--host", "0.0.0.0"], "loopback"),
-    ]  # fmt: skip
-    for extra_env, args, message in cases:
-        proc = subprocess.run([*cmd, *args], env={**env, **extra_env}, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
-        out = proc.stdout + proc.stderr
-        assert proc.returncode != 0 and message in out and "Traceback" not in out, out
-    assert not (tmp_path / "f.db").exists()  # refused before the store was touched
-    with socket.socket() as taken:  # a port held by another process is named up front
+        (None, None, False, "RLHF_PERSONA_HASH_KEY is not set"),
+        ("rlhf-persona-dev-key", None, False, "public development key"),
+        ("short", None, False, "shorter than 16"),
+        (HASH_KEY, "x", False, "RLHF_PERSONA_CHAT_TOKEN_SECRET is shorter"),
+        (None, None, True, "loopback"),  # --dev on 0.0.0.0
+    ]
+    for hash_key, secret, dev, message in cases:
+        with pytest.raises(UserError, match=message):
+            check_secrets(hash_key, secret, dev, "0.0.0.0")
+    check_secrets(None, None, True, "::1")  # --dev on loopback
+    check_secrets(HASH_KEY, None, False, "0.0.0.0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_PERSONA_")}
+    for name in [k for k in os.environ if k.startswith("RLHF_PERSONA_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(UserError, match="HASH_KEY is not set"):  # each worker checks too
+        app_from_env()
+    # From the shell: one error line, before the store is touched; a taken port is named.
+    cmd = [sys.executable, "-m", "rlhf_persona.feedback.service", "--db", str(tmp_path / "f.db")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "HASH_KEY is not set" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "f.db").exists()
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
