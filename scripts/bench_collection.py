@@ -173,7 +173,7 @@ def main() -> None:
     if args.in_process:
         env["RLHF_PERSONA_CHAT_SEPARATE_PROCESS"] = "0"
     service = ServiceProcess(f"sqlite:///{tmp / 'feedback.db'}", env=env,
-                             args=["--policy", args.policy]).start()  # fmt: skip
+                             args=["--policy", args.policy, "--dev"]).start()  # fmt: skip
     try:
         out = asyncio.run(run(args, service, key))
         rss = {pid: peak_rss_mb(pid) for pid in process_tree(service.proc.pid)}

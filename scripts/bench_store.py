@@ -247,7 +247,8 @@ def bench_http(tmp: Path, batch_runs: list[list[dict]], single_events: list[dict
     key = store.create_api_key("collector", "bench")
     store.close()
     env = {"RLHF_PERSONA_MAX_BODY_BYTES": str(64 << 20)}
-    with ServiceProcess(f"sqlite:///{db}", env=env, args=["--workers", str(workers)]) as svc:
+    args = ["--workers", str(workers), "--dev"]  # a throwaway store: development keys
+    with ServiceProcess(f"sqlite:///{db}", env=env, args=args) as svc:
         pids = _service_pids(svc.proc.pid, workers)
         cpu0 = sum(map(_cpu_seconds, pids))
         # Two requests in flight per worker: one being written while the next is parsed.

@@ -69,6 +69,12 @@ def serve(
         help="Chat: saved reward model folder ranking the best-of-n candidates (a user-level "
         "reward scores per user; or a segment RewardModel / FeatureReward).",
     ),
+    dev: bool = typer.Option(
+        False,
+        "--dev",
+        help="Local trial: allow the public development hash key (loopback hosts only). "
+        "Without it, RLHF_PERSONA_HASH_KEY must be a real secret (docs/security.md).",
+    ),
 ) -> None:
     """Run the feedback HTTP API under uvicorn (OpenAPI docs at /docs, chat page at /chat)."""
     import os
@@ -76,13 +82,24 @@ def serve(
     import uvicorn
 
     from rlhf_persona.feedback.chat.commands import chat_env
+    from rlhf_persona.feedback.service import startup
+    from rlhf_persona.feedback.service.settings import ServiceSettings
 
     url = _url(db, config)
     os.environ.update(
         chat_env(policy, policy_registry, ab_share, preload_policy, best_of_n, best_of_n_reward)
     )
+    settings = ServiceSettings(**({"dev": True} if dev else {}))
+    token_secret = os.environ.get(startup.TOKEN_SECRET_ENV)
+    startup.check_secrets(settings.hash_key, token_secret, settings.dev, host)
+    startup.check_port_free(host, port)
     _open(url).close()  # migrate once, before the workers start
     os.environ["RLHF_PERSONA_DATABASE_URL"] = url  # read by every worker's app factory
+    os.environ[startup.SUPERVISOR_ENV] = str(os.getpid())  # workers exit when it is gone
+    if settings.dev:
+        os.environ[startup.DEV_ENV] = "1"
+        os.environ.setdefault("RLHF_PERSONA_QUIET_DEV_KEY", "1")  # said once, here
+        typer.echo("serving with --dev: development keys, loopback only", err=True)
     uvicorn.run(
         "rlhf_persona.feedback.service.app:app_from_env",
         factory=True,
@@ -256,7 +273,7 @@ def _print_report(title: str, report: dict) -> None:
 
 @keys_app.command("create")
 def keys_create(
-    role: str = typer.Option(..., "--role", help="collector | admin"),
+    role: str = typer.Option(..., "--role", help="collector (write) | reader (read) | admin"),
     name: str | None = typer.Option(None, help="A label for the key (who uses it)."),
     db: str | None = DbOption,
 ) -> None:

@@ -1,8 +1,9 @@
 """Database URLs and engines: SQLite (the embedded default) or PostgreSQL.
 
 SQLite connections get WAL (readers never block the writer), foreign keys on, a busy timeout,
-``synchronous=NORMAL`` (in WAL mode a committed transaction survives a killed process; only
-an OS crash or power loss can lose the last commits), and a WAL checkpoint every 10,000 pages.
+``secure_delete`` (deleted rows are zeroed on disk), ``synchronous=NORMAL`` (in WAL mode a
+committed transaction survives a killed process; only an OS crash or power loss can lose the
+last commits), and a WAL checkpoint every 10,000 pages.
 Write transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy
 timeout instead of failing with "database is locked" when a read transaction tries to upgrade
 to a write; and writers of one SQLite file queue on a kernel file lock first (``WriteLock``).
@@ -10,8 +11,10 @@ to a write; and writers of one SQLite file queue on a kernel file lock first (``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,6 +118,8 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Deleted content is overwritten with zeros, not left in free pages (user deletion).
+        cursor.execute("PRAGMA secure_delete=ON")
         # Checkpoint the WAL every ~40 MB instead of ~4 MB: index pages that many commits touch
         # are copied to the database once per checkpoint, so fewer checkpoints write less.
         cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_PAGES}")
@@ -248,6 +253,22 @@ class WalCheckpointer:
                     self.restarts += 1
             except sa.exc.DBAPIError:  # e.g. another process checkpointing: next time
                 continue
+
+
+def truncate_wal(engine: Engine, write_lock: WriteLock | None = None, tries: int = 20) -> bool:
+    """Copy the whole WAL into the database and truncate it to zero bytes (SQLite files only),
+    so that content deleted by the last commit is no longer in the WAL either. Waits for
+    readers of older snapshots (a few tries); returns whether it completed."""
+    if sqlite_file(engine.url) is None:
+        return True
+    for attempt in range(tries):
+        lock = write_lock() if write_lock is not None else contextlib.nullcontext()
+        with lock, engine.connect() as conn:
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]
+        if not busy:
+            return True
+        time.sleep(0.05 * (attempt + 1))
+    return False
 
 
 def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 Status = Literal["created", "duplicate", "updated", "error"]
 _IN_CHUNK = 900  # rows per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+_REUSED = Conflict("this event id was already used for a different event", "event_id")
 
 
 @dataclass(slots=True)  # not frozen: a frozen init is several times slower on the hot path
@@ -200,15 +201,20 @@ def record_events(
         item = _prepare(index, raw, now, results)
         if item is None:
             continue
-        if item.ev.event_id in first_of:  # the same id twice in one batch is answered the same
-            repeats.append((index, first_of[item.ev.event_id]))
+        first = first_of.get(item.ev.event_id)
+        if first is not None:  # the same id twice in one batch (or one group commit)
+            repeats.append((item, first))
             continue
         first_of[item.ev.event_id] = index
         pending.append(item)
     for start in range(0, len(pending), store.batch_size):
         _record_chunk(store, pending[start : start + store.batch_size], results, create_users)
-    for index, first in repeats:
-        results[index] = _repeat(results[first])
+    hashes = {it.index: it.payload_hash for it in pending}
+    for item, first in repeats:
+        if hashes[first] == item.payload_hash:
+            results[item.index] = _repeat(results[first])
+        else:  # the id is taken by the first one, as it would be across calls
+            results[item.index] = EventResult.error(item.ev.event_id, _REUSED)
     return results  # type: ignore[return-value]
 
 
@@ -244,6 +250,8 @@ def _prepare(index: int, raw: Any, now: datetime, results: list) -> _Item | None
     if orid is None and ev.other_reply is not None:
         orid = reply_id_for(ev.prompt, ev.other_reply, phash)
     comment = mask_pii(ev.comment)
+    if ev.reason_tags:  # free text too (a tag can be typed by the user)
+        ev.reason_tags = [mask_pii(tag) for tag in ev.reason_tags]
     # What makes two events "the same" for idempotency (the time of receipt does not).
     payload = "\x1f".join(
         map(str, (ev.user_id, ev.kind, rid, orid, ev.value, ev.reason_tags, comment))
@@ -261,6 +269,7 @@ def _prepare(index: int, raw: Any, now: datetime, results: list) -> _Item | None
 
 
 def _repeat(first: EventResult | None) -> EventResult:
+    """A retry within one call (same id, same content) is answered as the first one."""
     if first is None or first.status == "error":
         return first  # type: ignore[return-value]
     return EventResult(
@@ -430,7 +439,7 @@ def _drop_seen(sql: _Sql, items: list[_Item], results: list, fail: Callable) -> 
                 it.ev.event_id, "duplicate", reply_id=it.reply_id, other_reply_id=it.other_reply_id
             )
         else:
-            fail(it, Conflict("this event id was already used for a different event", "event_id"))
+            fail(it, _REUSED)
     return kept
 
 

@@ -79,25 +79,62 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
-# A run of digits with optional +country code, brackets and separators ( -./); validated below
-# by its digit count so that years, prices and short numbers stay.
-_PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d\s().\-/]{5,}\d(?!\w)")
+# Best effort, not a guarantee: free text can hold personal data in forms no pattern knows.
+# Unicode word characters make internationalised addresses (IDN, EAI) match too.
+_EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")
+# A run of digits with optional +country code, brackets and separators ( -./) and an optional
+# extension; validated below by its digit count so that years, prices and short numbers stay.
+_PHONE = re.compile(
+    r"(?<![\w+])(?P<number>\+?\(?\d[\d\s().\-/]{5,}\d)"
+    r"(?:\s*(?:ext\.?|extension|x|\#)\s*\d{1,6})?(?!\w)",
+    re.IGNORECASE,
+)
 _NOT_PHONE = re.compile(  # dates and decimal numbers
     r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d+\.\d+"
 )
+# 13-19 digits in groups (spaces or dashes): a payment card when the Luhn checksum holds.
+_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+# Country code, check digits, up to 30 letters or digits (grouped by 4 when printed): an IBAN
+# when the ISO 13616 mod-97 check holds.
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", re.IGNORECASE)
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def iban_ok(text: str) -> bool:
+    compact = text.replace(" ", "").upper()
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return "[card]" if luhn_ok(digits) else match.group(0)
+
+
+def _mask_iban(match: re.Match[str]) -> str:
+    return "[iban]" if iban_ok(match.group(0)) else match.group(0)
 
 
 def _mask_phone(match: re.Match[str]) -> str:
-    text = match.group(0)
-    digits = sum(ch.isdigit() for ch in text)
-    if not 7 <= digits <= 15 or _NOT_PHONE.fullmatch(text.strip()):
-        return text
+    number = match.group("number")
+    digits = sum(ch.isdigit() for ch in number)
+    if not 7 <= digits <= 15 or _NOT_PHONE.fullmatch(number.strip()):
+        return match.group(0)
     return "[phone]"
 
 
 def mask_pii(text: str | None) -> str | None:
-    """Replace e-mail addresses with ``[email]`` and phone numbers with ``[phone]``."""
+    """Replace payment card numbers (Luhn-checked) with ``[card]``, IBANs (mod-97-checked)
+    with ``[iban]``, e-mail addresses with ``[email]`` and phone numbers (with extensions) with
+    ``[phone]``. Best effort: see docs/security.md."""
     if not text:
         return text
+    text = _CARD.sub(_mask_card, _IBAN.sub(_mask_iban, text))
     return _PHONE.sub(_mask_phone, _EMAIL.sub("[email]", text))

@@ -14,12 +14,23 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 KINDS = ("thumbs", "rating", "pairwise", "comment")
 Kind = Literal["thumbs", "rating", "pairwise", "comment"]
 ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
 MAX_PROFILE_KEYS = 100
+MAX_PROFILE_TEXT = 1_000  # characters of one text value in a profile (features, not documents)
+MAX_PROFILE_BYTES = 16 * 1024  # the whole profile as JSON, after a PATCH merged into it too
 MAX_JSON_DEPTH = 4
 
 
@@ -71,7 +82,24 @@ def _clean_json(value: Any, depth: int = 0) -> Any:
 def _clean_profile(value: dict[str, Any]) -> dict[str, Any]:
     if len(value) > MAX_PROFILE_KEYS:
         raise ValueError(f"at most {MAX_PROFILE_KEYS} keys")
-    return _clean_json(value)
+    value = _clean_json(value)
+    for key, item in value.items():
+        if _longest_text(item) > MAX_PROFILE_TEXT:
+            raise ValueError(f"{key}: text values are limited to {MAX_PROFILE_TEXT} characters")
+    size = len(orjson.dumps(value))
+    if size > MAX_PROFILE_BYTES:
+        raise ValueError(f"{size} bytes as JSON; a profile is limited to {MAX_PROFILE_BYTES}")
+    return value
+
+
+def _longest_text(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return max(map(_longest_text, value), default=0)
+    return 0
 
 
 def _utc(value: datetime) -> datetime:
@@ -170,14 +198,14 @@ class UserIn(_Model):
         None, description="Your own id for the user; stored only as a keyed hash."
     )
     profile: Profile | None = None
-    consent: bool | None = Field(None, description="May the feedback be used for training?")
+    consent: StrictBool | None = Field(None, description="May the feedback be used for training?")
 
 
 class UserPatch(_Model):
     """Merge into the profile (a null value removes the key) and/or change consent."""
 
     profile: Profile | None = None
-    consent: bool | None = None
+    consent: StrictBool | None = None
 
 
 class ReplyIn(_Model):

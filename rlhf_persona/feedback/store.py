@@ -12,14 +12,16 @@ Semantics:
 - **Atomicity.** ``record_events`` writes batches of up to ``batch_size`` events in one
   transaction (bulk ``executemany``); an invalid event is answered ``error`` and leaves no trace,
   while the valid ones of the batch are stored.
-- **Privacy.** Comments are masked (e-mail, phone) before storage; external ids are stored as
-  keyed hashes; ``delete_user`` removes profile and feedback and leaves only a tombstone hash
-  that keeps the user out of later imports.
+- **Privacy.** Comments and reason tags are masked (contact details, card numbers, IBANs; best
+  effort) before storage; external ids are stored as keyed hashes; ``delete_user`` removes
+  profile, feedback and the replies only that user had, anonymises the row and leaves only a
+  tombstone hash that keeps the user out of later imports.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,6 +39,7 @@ from rlhf_persona.feedback.db import (
     make_engine,
     require_existing,
     resolve_url,
+    truncate_wal,
     unreachable,
     writer,
 )
@@ -64,13 +67,17 @@ from rlhf_persona.feedback.schemas import (
     reply_id_for,
 )
 
-ROLES = ("collector", "admin")
+log = logging.getLogger("rlhf_persona.feedback")
+ROLES = ("collector", "reader", "admin")
 _IN_CHUNK = 900  # keeps every IN (...) list well under SQLite's bound-parameter limit
 
 
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+_MAX_PK = 2**63  # row ids are signed 64-bit integers on both databases
 
 
 def _encode_cursor(pk: int) -> str:
@@ -83,7 +90,7 @@ def _decode_cursor(cursor: str | None) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, pk = text.split(":")
-        if prefix != "v1" or int(pk) < 0:
+        if prefix != "v1" or not pk.isdigit() or not 0 <= int(pk) < _MAX_PK:
             raise ValueError
         return int(pk)
     except (ValueError, UnicodeDecodeError):
@@ -452,17 +459,18 @@ class FeedbackStore:
 
     def delete_user(self, user_id: str) -> dict[str, int]:
         """Delete a user's profile, feedback, segment assignments and chats; keep a tombstone
-        (keyed hashes of the user id and external id) so that re-imports skip them. Replies
-        shown only to this user (their chat prompts) are deleted too. Returns what was removed.
+        (keyed hashes of the user id and external id) so that re-imports skip them. Returns
+        what was removed.
+
+        Nothing that names the user stays readable: the row keeps only an anonymous id (the
+        user id itself may be an e-mail address), replies and prompts that only this user saw
+        or rated go too (another user's feedback keeps a reply), and on SQLite deleted content
+        is overwritten (``secure_delete``) and the WAL is truncated after the commit.
         """
         with self.transaction() as conn:
             row = self._live_user(conn, user_id)
             pk = row.id
-            shown = set(
-                conn.execute(
-                    sa.select(reply_views.c.reply_pk).where(reply_views.c.user_pk == pk)
-                ).scalars()
-            )
+            touched = self._replies_of(conn, pk)
             conn.execute(self._delete_current_of(pk))
             counts = {
                 "events": conn.execute(
@@ -474,7 +482,7 @@ class FeedbackStore:
             }
             conn.execute(reply_views.delete().where(reply_views.c.user_pk == pk))
             conn.execute(conversations.delete().where(conversations.c.user_pk == pk))
-            counts["replies"] = self._delete_orphan_replies(conn, sorted(shown))
+            counts["replies"] = self._delete_orphan_replies(conn, sorted(touched))
             hashes = [self.hasher.user_id(user_id)]
             if row.external_id_hash:
                 hashes.append(row.external_id_hash)
@@ -485,6 +493,7 @@ class FeedbackStore:
             conn.execute(
                 users.update().where(users.c.id == pk),
                 {
+                    "user_id": f"deleted-{uuid.uuid4().hex}",
                     "profile": {},
                     "meta": {},
                     "external_id_hash": None,
@@ -493,7 +502,22 @@ class FeedbackStore:
                     "updated_at": utcnow(),
                 },  # fmt: skip
             )
+        if not truncate_wal(self.engine, self.write_lock):
+            log.warning("the WAL was not truncated after deleting a user (readers kept old "
+                        "snapshots): deleted text stays in it until overwritten")  # fmt: skip
         return counts
+
+    @staticmethod
+    def _replies_of(conn: sa.Connection, user_pk: int) -> set[int]:
+        """Replies the user was shown or gave feedback on (either side of a pair)."""
+        queries = [
+            sa.select(reply_views.c.reply_pk).where(reply_views.c.user_pk == user_pk),
+            sa.select(feedback_events.c.reply_pk).where(feedback_events.c.user_pk == user_pk),
+            sa.select(feedback_events.c.other_reply_pk).where(
+                feedback_events.c.user_pk == user_pk, feedback_events.c.other_reply_pk.is_not(None)
+            ),
+        ]
+        return set(conn.execute(sa.union(*queries)).scalars())
 
     def _delete_orphan_replies(self, conn: sa.Connection, reply_pks: list[int]) -> int:
         deleted = 0
@@ -793,7 +817,7 @@ class FeedbackStore:
             pks = self._user_pks(conn, sorted({uid for uid, _, _ in parsed}))  # <0: deleted
             for uid, _, _ in parsed:
                 if pks.get(uid, -1) < 0:
-                    raise (Gone if uid in pks else NotFound)(f"no live user {uid!r}", "user_id")
+                    self._live_user(conn, uid)  # raises NotFound / Gone naming the user
             now = utcnow()
             values = [{"run_id": run_id, "user_pk": pks[uid], "segment": seg, "confidence": conf,
                        "created_at": now} for uid, seg, conf in parsed]  # fmt: skip
@@ -833,8 +857,8 @@ class FeedbackStore:
 
     # -- API keys -----------------------------------------------------------------------------
     def create_api_key(self, role: str, name: str | None = None) -> str:
-        """Create an API key with ``role`` (collector or admin); the key is returned once and
-        stored only as a hash."""
+        """Create an API key with ``role`` (collector: write, reader: read, admin: all); the key
+        is returned once and stored only as a hash."""
         if role not in ROLES:
             raise InvalidInput(f"must be one of {', '.join(ROLES)}, not {role!r}", "role")
         key = "rp_" + secrets.token_urlsafe(32)

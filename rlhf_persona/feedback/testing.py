@@ -127,7 +127,9 @@ class PostgresServer:
 
 
 class ServiceProcess:
-    """``rlhf-persona serve`` in a subprocess (a real uvicorn) on a free loopback port."""
+    """``rlhf-persona serve`` in a subprocess (a real uvicorn) on a free loopback port. ``serve``
+    refuses to start without a real ``RLHF_PERSONA_HASH_KEY``: pass one in ``env``, or
+    ``args=["--dev"]`` for a throwaway store."""
 
     def __init__(self, db_url: str, *, env: dict[str, str] | None = None, args: list[str] = ()):
         self.db_url = db_url

@@ -164,3 +164,38 @@ def test_generation_is_batched_and_feedback_stays_fast_meanwhile(api, chat_servi
     sizes = [r["generation"]["batch_size"] for r in replies]
     assert max(sizes) > 1, sizes  # concurrent requests shared a generate call
     assert sorted(latencies)[-1] < 2.0, latencies  # generous: the machine is shared
+
+
+def test_one_token_flooding_gets_429_and_others_are_served(api, chat_service):
+    """Eight parallel chats of one token: two are served (the per-token cap), six are answered
+    429 with Retry-After at once; another user's chat meanwhile is served. Contact details in
+    a message reach neither the policy nor the store."""
+    for user in ("flood-a", "flood-b"):
+        assert api.post("/v1/users", json={"user_id": user}).status_code in (200, 201)
+    flooder, other = _token(api, "flood-a"), _token(api, "flood-b")
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=chat_service.base_url, timeout=120) as client:
+
+            def send(headers, i):
+                return client.post(
+                    "/v1/chat",
+                    headers=headers,
+                    json={"message": f"Question {i}: mail me at flood{i}@example.org", "ab": False},
+                )
+
+            flood = [asyncio.create_task(send(flooder, i)) for i in range(8)]
+            await asyncio.sleep(0.05)
+            served = await send(other, 99)
+            return await asyncio.gather(*flood), served
+
+    flood, served = asyncio.run(scenario())
+    codes = sorted(resp.status_code for resp in flood)
+    assert codes == [200] * 2 + [429] * 6, codes
+    refused = next(resp for resp in flood if resp.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1 and "at once" in refused.json()["detail"]
+    assert served.status_code == 200, served.text
+    assert served.json()["prompt"] == "Question 99: mail me at [email]"
+    with FeedbackStore(chat_service.db, hash_key=HASH_KEY) as store:
+        stored = store.get_reply(served.json()["replies"][0]["reply_id"])
+    assert "example.org" not in stored["prompt"]

@@ -88,6 +88,66 @@ def test_micro_batcher_gives_every_waiter_the_batch_error():
     assert [str(e) for e in asyncio.run(scenario())] == ["model exploded"] * 3
 
 
+def test_micro_batcher_serves_users_round_robin():
+    """One user's eight queued requests do not hold back two other users' single ones: every
+    batch takes each waiting user in turn (first come, first served within a user)."""
+    calls: list[list[str]] = []
+
+    def run(items: list[str]) -> list[str]:
+        calls.append(items)
+        time.sleep(0.01)
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=3, window_s=0.01, key=lambda item: item[0])
+        batcher.start()
+        flood = [batcher.submit(f"a{i}") for i in range(8)]
+        out = await asyncio.gather(*flood, batcher.submit("b0"), batcher.submit("c0"))
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out == [f"a{i}" for i in range(8)] + ["b0", "c0"]
+    assert calls[0] == ["a0", "b0", "c0"]  # FIFO would have been a0, a1, a2
+    assert [item for batch in calls for item in batch if item[0] == "a"] == [
+        f"a{i}" for i in range(8)]  # fmt: skip
+
+
+def test_chat_limiter_per_token_inflight_rate_and_global_cap():
+    from rlhf_persona.feedback.chat.limits import ChatLimiter, RateLimited
+
+    now = [0.0]
+    limiter = ChatLimiter(max_inflight=4, token_max_inflight=2, token_rate_per_min=6,
+                          token_burst=3, clock=lambda: now[0])  # fmt: skip
+    with limiter.admit("ann"), limiter.admit("ann"):
+        with pytest.raises(RateLimited, match="at once") as busy:
+            limiter.admit("ann").__enter__()
+        assert busy.value.retry_after_s == 1
+        # others still get through, up to the global cap of 4 in progress
+        with limiter.admit("bob"), limiter.admit(None), pytest.raises(RateLimited, match="busy"):
+            limiter.admit("carl").__enter__()
+    with limiter.admit("ann"):  # the third of ann's burst of 3
+        pass
+    with pytest.raises(RateLimited, match="per minute") as rate:
+        limiter.admit("ann").__enter__()
+    assert rate.value.retry_after_s == 10  # 6 per minute: one every 10 s
+    now[0] += 10
+    with limiter.admit("ann"):
+        pass
+    assert limiter.inflight == 0
+
+
+def test_tokens_have_a_maximum_lifetime():
+    from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
+
+    key = token_key("secret-of-16-chars")
+    with pytest.raises(ValueError, match="ttl_s"):
+        mint_token(key, "ann", MAX_TTL_S + 1)
+    far = mint_token(key, "ann", MAX_TTL_S, now=1_000_000 + 10 * 365 * 86400)
+    with pytest.raises(TokenError, match="maximum lifetime"):
+        verify_token(key, far, now=1_000_000)
+
+
 def test_page_reason_tags_are_the_simulated_users_vocabulary():
     from rlhf_persona.simulation.user import REASON_TAGS as SIMULATED
 

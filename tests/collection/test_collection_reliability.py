@@ -100,7 +100,16 @@ def _writer(args: tuple[str, str, int, int]) -> dict:
     return {"statuses": statuses, "locked": locked}
 
 
+def _running(pid: int) -> bool:
+    try:  # a zombie has exited (it only waits to be reaped)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_four_writer_processes_on_sqlite_never_see_database_locked(tmp_path):
+    """... and when the supervisor of ``serve --workers 4`` is SIGKILLed, its workers exit
+    with it: the port is free again and a new service starts on it."""
     db = tmp_path / "feedback.db"
     url, keys = make_db(db)
     env = {"RLHF_PERSONA_HASH_KEY": HASH_KEY}
@@ -111,6 +120,14 @@ def test_four_writer_processes_on_sqlite_never_see_database_locked(tmp_path):
             jobs = [(service.base_url, keys["collector"], p, per_thread) for p in range(4)]
             results = pool.map(_writer, jobs)
         log = service.log()
+        workers = descendants(service.proc.pid)
+        service.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) >= 4 and not [pid for pid in workers if _running(pid)]
+        service.start()  # the same port: nothing holds it any more
+        assert httpx.get(service.base_url + "/healthz").status_code == 200
     statuses = sum((r["statuses"] for r in results), Counter())
     assert sum(r["locked"] for r in results) == 0
     assert set(statuses) <= {200, 201}, statuses

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-HASH_KEY = "test-hash-key"
+HASH_KEY = "feedback-test-hash-key"
 
 
 def event(event_id: str, user_id: str = "alice", kind: str = "thumbs", value=1, **extra):

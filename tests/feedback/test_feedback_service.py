@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ MAX_BODY = 64 * 1024
 def service(tmp_path_factory):
     db = tmp_path_factory.mktemp("service") / "feedback.db"
     with FeedbackStore(db, hash_key=HASH_KEY) as store:
-        keys = {role: store.create_api_key(role) for role in ("collector", "admin")}
+        keys = {role: store.create_api_key(role) for role in ("collector", "reader", "admin")}
     env = {"RLHF_PERSONA_HASH_KEY": HASH_KEY, "RLHF_PERSONA_MAX_BODY_BYTES": str(MAX_BODY),
            "RLHF_PERSONA_MAX_BATCH_EVENTS": "100"}  # fmt: skip
     with ServiceProcess(f"sqlite:///{db}", env=env) as proc:
@@ -36,6 +37,14 @@ def client(service):
 
 
 @pytest.fixture(scope="module")
+def reader(service):
+    """A client with a reader key (reading profiles and feedback is not the collector's)."""
+    with httpx.Client(base_url=service.base_url, timeout=30) as c:
+        c.headers["X-API-Key"] = service.keys["reader"]
+        yield c
+
+
+@pytest.fixture(scope="module")
 def admin_headers(service):
     return {"X-API-Key": service.keys["admin"]}
 
@@ -46,19 +55,21 @@ def _user(client, user_id, **profile):
     return resp.json()
 
 
-def test_users_create_read_update_list(client):
+def test_users_create_read_update_list(client, reader):
     created = client.post("/v1/users", json={"user_id": "svc-u1", "profile": {"age_band": "25-34"}})
     assert created.status_code == 201
     assert client.post("/v1/users", json={"user_id": "svc-u1"}).status_code == 200
     patched = client.patch("/v1/users/svc-u1", json={"profile": {"region": "eu"}})
-    assert patched.json()["profile"] == {"age_band": "25-34", "region": "eu"}
+    assert patched.json()["profile"] == {"region": "eu"}  # a collector sees what it sent
+    merged = reader.get("/v1/users/svc-u1").json()["profile"]
+    assert merged == {"age_band": "25-34", "region": "eu"}
     by_ext = client.post("/v1/users", json={"external_id": "crm-42", "profile": {}})
     assert by_ext.status_code == 201 and by_ext.json()["user_id"].startswith("u_")
     for i in range(3):
         _user(client, f"svc-page-{i}")
     ids, cursor = [], None
     while True:
-        page = client.get(
+        page = reader.get(
             "/v1/users", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
         )
         assert page.status_code == 200
@@ -69,7 +80,7 @@ def test_users_create_read_update_list(client):
     assert {"svc-u1", "svc-page-0", "svc-page-2"} <= set(ids) and len(ids) == len(set(ids))
 
 
-def test_feedback_idempotency_vote_change_and_db_rows(client, service):
+def test_feedback_idempotency_vote_change_and_db_rows(client, reader, service):
     _user(client, "svc-voter")
     first = client.post("/v1/feedback", json=event("svc-e1", user_id="svc-voter"))
     retry = client.post("/v1/feedback", json=event("svc-e1", user_id="svc-voter"))
@@ -78,9 +89,9 @@ def test_feedback_idempotency_vote_change_and_db_rows(client, service):
     assert (retry.status_code, retry.json()["status"]) == (200, "duplicate")
     assert retry.json()["reply_id"] == first.json()["reply_id"]
     assert (change.status_code, change.json()["status"]) == (201, "updated")
-    listed = client.get("/v1/feedback", params={"user_id": "svc-voter"}).json()["items"]
+    listed = reader.get("/v1/feedback", params={"user_id": "svc-voter"}).json()["items"]
     assert [(e["event_id"], e["value"]) for e in listed] == [("svc-e2", -1)]
-    history = client.get("/v1/feedback", params={"user_id": "svc-voter", "history": True})
+    history = reader.get("/v1/feedback", params={"user_id": "svc-voter", "history": True})
     assert [e["event_id"] for e in history.json()["items"]] == ["svc-e1", "svc-e2"]
     with FeedbackStore(service.db, hash_key=HASH_KEY) as store:  # the rows in the database
         rows = store.events(user_id="svc-voter", history=True)
@@ -127,6 +138,29 @@ def test_401_without_or_with_a_wrong_key(service):
     _error(httpx.get(url, headers={"X-API-Key": "rp_wrong"}), 401, words=["invalid"])
 
 
+def test_read_and_write_are_separate_roles(client, reader, admin_headers):
+    """A collector key writes but cannot read what others sent (profiles, comments, prompts);
+    a reader key reads but cannot write; admin does both."""
+    _user(client, "svc-scope", age_band="25-34", city="Lyon")
+    comment = event("svc-scope-c", user_id="svc-scope", kind="comment", value=None,
+                    comment="private words")  # fmt: skip
+    assert client.post("/v1/feedback", json=comment).status_code == 201
+    rid = client.post("/v1/replies", json={"prompt": "Q?", "reply": "A."}).json()["reply_id"]
+    for path in ("/v1/users/svc-scope", "/v1/users", "/v1/feedback", f"/v1/replies/{rid}"):
+        _error(client.get(path), 403, words=["reader"])
+        assert reader.get(path).status_code == 200
+        assert httpx.get(reader.base_url.join(path), headers=admin_headers).status_code == 200
+    again = client.post("/v1/users", json={"user_id": "svc-scope", "consent": False})
+    assert again.status_code == 200 and again.json()["profile"] == {}  # not a way to read
+    patched = client.patch("/v1/users/svc-scope", json={"profile": {"city": "Nice"}})
+    assert patched.json()["profile"] == {"city": "Nice"}
+    stored = reader.get("/v1/users/svc-scope").json()
+    assert stored["profile"] == {"age_band": "25-34", "city": "Nice"} and not stored["consent"]
+    _error(reader.post("/v1/feedback", json=event("svc-scope-2", user_id="svc-scope")), 403,
+           words=["collector"])  # fmt: skip
+    _error(reader.post("/v1/users", json={"user_id": "svc-scope-3"}), 403, words=["collector"])
+
+
 def test_403_collector_may_not_delete_or_export(client, admin_headers):
     _user(client, "svc-del")
     _error(client.delete("/v1/users/svc-del"), 403, words=["admin"])
@@ -134,9 +168,9 @@ def test_403_collector_may_not_delete_or_export(client, admin_headers):
     assert client.get("/v1/export/preference", headers=admin_headers).status_code == 200
 
 
-def test_404_unknown_ids(client):
-    _error(client.get("/v1/users/svc-ghost"), 404, "user_id", ["svc-ghost"])
-    _error(client.get("/v1/replies/r_ghost"), 404, "reply_id")
+def test_404_unknown_ids(client, reader):
+    _error(reader.get("/v1/users/svc-ghost"), 404, "user_id", ["svc-ghost"])
+    _error(reader.get("/v1/replies/r_ghost"), 404, "reply_id")
     _user(client, "svc-404")
     by_id = {"event_id": "svc-404a", "user_id": "svc-404", "kind": "thumbs",
              "reply_id": "r_ghost", "value": 1}  # fmt: skip
@@ -144,14 +178,14 @@ def test_404_unknown_ids(client):
     _error(client.post("/v1/feedback", json=event("svc-404b", user_id="svc-ghost")), 404, "user_id")
 
 
-def test_410_deleted_user_and_409_reused_event_id(client, admin_headers):
+def test_410_deleted_user_and_409_reused_event_id(client, reader, admin_headers):
     _user(client, "svc-gone")
     assert client.post("/v1/feedback", json=event("svc-g1", user_id="svc-gone")).status_code == 201
     _error(client.post("/v1/feedback", json=event("svc-g1", user_id="svc-gone", value=-1)), 409,
            "event_id")  # fmt: skip
     deleted = client.delete("/v1/users/svc-gone", headers=admin_headers)
     assert deleted.status_code == 200 and deleted.json()["removed"]["events"] == 1
-    _error(client.get("/v1/users/svc-gone"), 410, "user_id")
+    _error(reader.get("/v1/users/svc-gone"), 410, "user_id")
     _error(client.post("/v1/users", json={"user_id": "svc-gone"}), 410, "user_id")
 
 
@@ -167,7 +201,7 @@ def test_413_oversized_bodies(client):
                        headers={"Content-Type": "application/json"}), 413)  # fmt: skip
 
 
-def test_422_names_the_field(client):
+def test_422_names_the_field(client, reader):
     _user(client, "svc-422")
     _error(client.post("/v1/feedback", json=event("svc-v", user_id="svc-422", value=3)), 422,
            "value")  # fmt: skip
@@ -186,8 +220,8 @@ def test_422_names_the_field(client):
     _error(client.post("/v1/feedback/batch", json={"events": 3}), 422, "events")
     too_many = {"events": [event(f"svc-m{i}", user_id="svc-422") for i in range(101)]}
     _error(client.post("/v1/feedback/batch", json=too_many), 422, "events")
-    _error(client.get("/v1/users", params={"limit": 0}), 422, "limit")
-    _error(client.get("/v1/users", params={"cursor": "garbage"}), 422, "cursor")
+    _error(reader.get("/v1/users", params={"limit": 0}), 422, "limit")
+    _error(reader.get("/v1/users", params={"cursor": "garbage"}), 422, "cursor")
 
 
 NASTY_BODIES = [
@@ -234,7 +268,24 @@ def test_concurrent_single_posts_are_all_stored(client, service):
 
 
 def test_openapi_docs(service):
-    assert httpx.get(service.base_url + "/docs").status_code == 200
+    """The docs pages may run only the scripts they name and their own inline script (by hash),
+    and fetch only from the service."""
+    import base64
+    import hashlib
+    import re
+
+    for path in ("/docs", "/redoc"):
+        page = httpx.get(service.base_url + path)
+        assert page.status_code == 200
+        policy = dict(part.split(" ", 1) for part in
+                      page.headers["content-security-policy"].split("; "))  # fmt: skip
+        assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
+        assert "'unsafe-inline'" not in policy["script-src"] and "*" not in policy["script-src"]
+        for src in re.findall(r'<script src="([^"]+)"', page.text):
+            assert src in policy["script-src"].split()
+        for inline in re.findall(r"<script>(.*?)</script>", page.text, re.S):
+            digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in policy["script-src"]
     spec = httpx.get(service.base_url + "/openapi.json").json()
     assert {"/v1/feedback", "/v1/feedback/batch", "/v1/users/{user_id}"} <= set(spec["paths"])
     batch = spec["paths"]["/v1/feedback/batch"]["post"]["requestBody"]["content"]
@@ -252,6 +303,7 @@ def test_served_worker_collects_cycles_less_often(tmp_path, monkeypatch):
     from rlhf_persona.feedback.service.app import GC_THRESHOLDS, app_from_env
 
     monkeypatch.setenv("RLHF_PERSONA_DATABASE_URL", f"sqlite:///{tmp_path / 'f.db'}")
+    monkeypatch.setenv("RLHF_PERSONA_HASH_KEY", HASH_KEY)
     before = gc.get_threshold()
     try:
         assert app_from_env().routes  # the app is built as usual
@@ -294,3 +346,147 @@ def test_writer_parses_on_its_thread_and_answers_a_bad_batch_alone(sqlite_store)
     assert [r.status for r in ok] == ["created"]
     assert isinstance(failed, ValueError) and "not a list" in str(failed)
     assert sqlite_store.counts()["events"] == 1
+
+
+def test_reused_event_id_with_other_content_is_409_within_a_batch_and_a_group_commit(
+    client, service
+):
+    """The same id twice in one batch, or in concurrent posts that share one group commit:
+    the same content is a duplicate, different content a 409 (never silently dropped)."""
+    _user(client, "svc-reuse")
+    batch = [event("svc-ru1", user_id="svc-reuse"), event("svc-ru1", user_id="svc-reuse"),
+             event("svc-ru1", user_id="svc-reuse", value=-1)]  # fmt: skip
+    results = client.post("/v1/feedback/batch", json={"events": batch}).json()["results"]
+    assert [(r["status"], r["code"]) for r in results] == [
+        ("created", None), ("duplicate", None), ("error", 409)]  # fmt: skip
+    assert results[2]["field"] == "event_id"
+
+    async def post_all():
+        async with httpx.AsyncClient(base_url=service.base_url, headers=client.headers) as ac:
+            return await asyncio.gather(*(
+                ac.post("/v1/feedback", json=event("svc-ru2", user_id="svc-reuse",
+                                                    reply=f"Reply {i}."))
+                for i in range(16)))  # fmt: skip
+
+    codes = sorted(r.status_code for r in asyncio.run(post_all()))
+    assert codes == [201] + [409] * 15, codes
+    with FeedbackStore(service.db, hash_key=HASH_KEY) as store:
+        assert len(store.events(user_id="svc-reuse", history=True)) == 2
+
+
+def test_cursors_out_of_range_are_422_not_500(reader):
+    import base64
+
+    def cursor(n: int) -> str:
+        return base64.urlsafe_b64encode(f"v1:{n}".encode()).decode().rstrip("=")
+
+    for path in ("/v1/feedback", "/v1/users"):
+        for n in (2**63, 2**64 + 5, 10**30):
+            _error(reader.get(path, params={"cursor": cursor(n)}), 422, "cursor")
+        last = reader.get(path, params={"cursor": cursor(2**63 - 1)})
+        assert last.status_code == 200 and last.json()["items"] == [], last.text
+
+
+def test_chat_tokens_have_a_maximum_lifetime_and_die_with_their_user(client, service,
+                                                                    admin_headers):  # fmt: skip
+    """No chat model is needed: tokens and the session route work without one."""
+    from rlhf_persona.feedback.chat.tokens import MAX_TTL_S, mint_token, token_key
+
+    _user(client, "svc-tok")
+    key = token_key(None, HASH_KEY)
+    ten_years = mint_token(key, "svc-tok", 60, now=time.time() + 10 * 365 * 86400)
+    resp = httpx.get(service.base_url + "/v1/chat/session",
+                     headers={"Authorization": "Bearer " + ten_years})  # fmt: skip
+    _error(resp, 401, words=["maximum lifetime"])
+    with pytest.raises(ValueError):
+        mint_token(key, "svc-tok", MAX_TTL_S + 1)
+    minted = client.post("/v1/chat/tokens", json={"user_id": "svc-tok"})
+    assert minted.status_code == 201, minted.text
+    bearer = {"Authorization": "Bearer " + minted.json()["token"]}
+    assert httpx.get(service.base_url + "/v1/chat/session", headers=bearer).status_code == 200
+    assert client.delete("/v1/users/svc-tok", headers=admin_headers).status_code == 200
+    fb = {"event_id": "svc-tok-1", "kind": "thumbs", "reply_id": "r_x", "value": 1}
+    for method, path, body in [("GET", "/v1/chat/session", None),
+                               ("POST", "/v1/chat/feedback", fb),
+                               ("POST", "/v1/chat", {"message": "hello"})]:  # fmt: skip
+        resp = httpx.request(method, service.base_url + path, json=body, headers=bearer)
+        _error(resp, 401, words=["no longer exists"])
+
+
+def test_deleting_a_user_over_http_leaves_nothing_in_the_raw_files(client, reader, service,
+                                                                   admin_headers):  # fmt: skip
+    mark = "qx9-http-unique-2718"
+    uid = f"{mark}@example.org"
+    _user(client, uid, note=f"profile {mark}")
+    reply = client.post("/v1/replies", json={"prompt": f"Only I asked {mark}?", "reply": "Yes.",
+                                             "user_id": uid})  # fmt: skip
+    assert reply.status_code == 201
+    rated = event("svc-http-del", user_id=uid, prompt=f"Prompt {mark}?", reply=f"Reply {mark}.")
+    assert client.post("/v1/feedback", json=rated).status_code == 201
+    assert client.delete(f"/v1/users/{uid}", headers=admin_headers).status_code == 200
+    _error(reader.get(f"/v1/replies/{reply.json()['reply_id']}"), 404, "reply_id")
+    files = [service.db, service.db.with_name(service.db.name + "-wal")]
+    leftover = {f.name: f.read_bytes().count(mark.encode()) for f in files if f.exists()}
+    assert not any(leftover.values()), leftover
+
+
+def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path, monkeypatch):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from rlhf_persona.errors import UserError
+    from rlhf_persona.feedback.service.app import app_from_env
+    from rlhf_persona.feedback.service.startup import check_secrets
+
+    cases = [
+        (None, None, False, "RLHF_PERSONA_HASH_KEY is not set"),
+        ("rlhf-persona-dev-key", None, False, "public development key"),
+        ("short", None, False, "shorter than 16"),
+        (HASH_KEY, "x", False, "RLHF_PERSONA_CHAT_TOKEN_SECRET is shorter"),
+        (None, None, True, "loopback"),  # --dev on 0.0.0.0
+    ]
+    for hash_key, secret, dev, message in cases:
+        with pytest.raises(UserError, match=message):
+            check_secrets(hash_key, secret, dev, "0.0.0.0")
+    check_secrets(None, None, True, "::1")  # --dev on loopback
+    check_secrets(HASH_KEY, None, False, "0.0.0.0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_PERSONA_")}
+    for name in [k for k in os.environ if k.startswith("RLHF_PERSONA_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(UserError, match="HASH_KEY is not set"):  # each worker checks too
+        app_from_env()
+    # From the shell: one error line, before the store is touched; a taken port is named.
+    cmd = [sys.executable, "-m", "rlhf_persona.feedback.service", "--db", str(tmp_path / "f.db")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "HASH_KEY is not set" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "f.db").exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        keyed = {**env, "RLHF_PERSONA_HASH_KEY": HASH_KEY}
+        proc = subprocess.run([*cmd, "--port", port], env=keyed, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and f"--port {port}: already in use" in proc.stderr, proc.stderr
+
+
+def test_profiles_are_bounded_and_types_are_strict(client, reader):
+    _user(client, "svc-big-profile")
+    _error(client.patch("/v1/users/svc-big-profile", json={"profile": {"note": "x" * 1001}}),
+           422, "profile.note", ["1000 characters"])  # fmt: skip
+    answers = [client.patch("/v1/users/svc-big-profile", json={"profile": {f"k{i}": "x" * 900}})
+               for i in range(20)]  # fmt: skip
+    codes = [resp.status_code for resp in answers]
+    assert codes[:18] == [200] * 18 and set(codes[18:]) == {422}, codes  # 16 KiB in all
+    _error(answers[-1], 422, "profile", ["bytes"])
+    assert len(reader.get("/v1/users/svc-big-profile").json()["profile"]) == 18
+    for body in ({"consent": "yes"}, {"consent": 1}):
+        _error(client.patch("/v1/users/svc-big-profile", json=body), 422, "consent")
+    _error(client.post("/v1/users", json={"user_id": "svc-strict", "consent": "true"}), 422,
+           "consent")  # fmt: skip
+    _error(client.post("/v1/chat", json={"user_id": "svc-big-profile", "message": "hi",
+                                         "ab": "yes"}), 422, "ab")  # fmt: skip
+    _error(client.post("/v1/chat/tokens", json={"user_id": "svc-big-profile", "ttl_s": "600"}),
+           422, "ttl_s")  # fmt: skip

@@ -186,6 +186,28 @@ def test_comments_are_masked_before_storage(store):
     assert all("example.org" not in text for text in raw)
 
 
+PII_CASES = [
+    ("card 4111 1111 1111 1111, not 4111-1111-1111-1112", "card [card], not 4111-1111-1111-1112"),
+    ("IBAN DE89 3704 0044 0532 0130 00 / GB82WEST12345698765432", "IBAN [iban] / [iban]"),
+    ("write to josé@bücher.de or 用户@例子.广告", "write to [email] or [email]"),
+    ("call (555) 123-4567 ext. 89 or +1 555 123 4567 x12", "call [phone] or [phone]"),
+    ("12.50 in 2024, order 12345, 3.14159", "12.50 in 2024, order 12345, 3.14159"),
+]
+
+
+def test_masking_covers_cards_ibans_idn_mail_extensions_and_reason_tags(store):
+    from rlhf_persona.feedback.privacy import mask_pii
+
+    assert [mask_pii(text) for text, _ in PII_CASES] == [masked for _, masked in PII_CASES]
+    store.upsert_user("alice")
+    tags = ["too long", "mail jane@example.org"]
+    [result] = store.record_events([event("t1", reason_tags=tags)])
+    assert result.status == "created"
+    assert store.events()[0]["reason_tags"] == ["too long", "mail [email]"]
+    again = store.record_events([event("t1", reason_tags=tags)])[0]  # a retry is still one
+    assert again.status == "duplicate"
+
+
 def test_external_ids_are_stored_only_as_keyed_hashes(store):
     uid = store.upsert_user(external_id="jane@example.org", profile={"age_band": "25-34"})
     assert uid.startswith("u_") and "jane" not in uid
@@ -216,19 +238,24 @@ def test_delete_user_removes_feedback_and_tombstone_blocks_return(store):
     assert store.counts()["current"] == 3
 
     removed = store.delete_user(bob)
-    assert removed == {"events": 2, "segment_assignments": 1, "replies": 1}
+    # his private chat, and the pair only he rated; the thumb's reply stays (alice rated it)
+    assert removed == {"events": 2, "segment_assignments": 1, "replies": 3}
+    assert store.get_reply(store.events()[0]["reply_id"])["reply"] == "Oatmeal with fruit."
     assert store.counts()["current"] == 1  # alice's thumb: bob's current values went too
     assert [u["user_id"] for u in store.users()] == ["alice"]
     assert [e["user_id"] for e in store.events()] == ["alice"]
     assert store.current_segments() == {"alice": 0}
     with store.engine.connect() as conn:
-        row = conn.exec_driver_sql(
-            "SELECT profile, external_id_hash FROM users WHERE user_id = ?"
+        rows = conn.exec_driver_sql(
+            "SELECT user_id, profile, external_id_hash FROM users WHERE deleted_at IS NOT NULL"
             if store.dialect == "sqlite"
-            else "SELECT profile::text, external_id_hash FROM users WHERE user_id = %s",
-            (bob,),
-        ).one()
-    assert row[1] is None and "65+" not in str(row[0])
+            else "SELECT user_id, profile::text, external_id_hash FROM users"
+            " WHERE deleted_at IS NOT NULL"
+        ).all()
+    [(anonymous, profile, ext_hash)] = rows  # the row stays, anonymised
+    assert anonymous.startswith("deleted-") and ext_hash is None and "65+" not in str(profile)
+    with pytest.raises(Gone):
+        store.write_segments("run2", [(bob, 1, 0.5)])
 
     # the tombstone keeps the user out: by user id, by external id, through record_events
     with pytest.raises(Gone):
@@ -240,6 +267,34 @@ def test_delete_user_removes_feedback_and_tombstone_blocks_return(store):
     assert store.is_deleted(external_id="bob-crm-17")
     with pytest.raises(Gone):
         store.delete_user(bob)
+
+
+def test_deleted_user_leaves_no_trace_in_the_sqlite_files(tmp_path):
+    """The raw database and WAL files hold nothing of a deleted user: not the id (an e-mail
+    here), the profile, the prompt only they sent, nor their comment (secure_delete zeroes
+    the freed cells, the WAL is truncated after the commit)."""
+    path = tmp_path / "feedback.db"
+    mark = "zq7-unique-4711"
+    uid = f"{mark}@example.org"
+    with FeedbackStore(path, hash_key="deletion-test-hash-key") as store:
+        store.upsert_user("alice")
+        store.upsert_user(uid, {"note": f"profile {mark}"})
+        store.update_profile(uid, {"note": f"patched {mark}"})
+        prompt = f"My secret question {mark}?"
+        store.add_reply(prompt, "A chat reply.", user_id=uid, conversation_id=f"c-{mark}")
+        store.record_events([
+            event("d1", uid, prompt=f"Rated prompt {mark}?", reply=f"Reply {mark}."),
+            event("d2", uid, kind="comment", value=None, comment=f"comment {mark}"),
+            event("d3", "alice"),
+        ])  # fmt: skip
+        files = [path, path.with_name(path.name + "-wal")]
+        assert mark.encode() in b"".join(f.read_bytes() for f in files if f.exists())
+        store.delete_user(uid)
+        leftover = {f.name: f.read_bytes().count(mark.encode()) for f in files if f.exists()}
+        assert not any(leftover.values()), leftover
+        with pytest.raises(NotFound):  # the prompt only this user sent is gone
+            store.get_reply(reply_id_for(prompt, "A chat reply."))
+        assert [e["event_id"] for e in store.events()] == ["d3"]  # alice's vote stays
 
 
 def test_segments_latest_assignment_per_user(store):

@@ -6,6 +6,10 @@ queued item, waits up to ``window_s`` for more to join (at most ``max_batch``), 
 answered while replies are generated). Items that arrive during a call queue up and form the
 next batch: under load batches grow by themselves, and there is never more than one call
 running (the model is used by one thread).
+
+With a ``key`` (the chat's: the user), a batch takes the waiting items round-robin across keys,
+so a user with many requests queued cannot hold back another user's single one for several
+batches (first come, first served within a key).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +35,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch: most items per call.
         window_s: how long the first item of a batch waits for others.
         name: the worker thread's name.
+        key: groups items for round-robin batches (None: first come, first served).
     """
 
     def __init__(
@@ -38,10 +44,14 @@ class MicroBatcher(Generic[T, R]):
         max_batch: int = 32,
         window_s: float = 0.005,
         name: str = "batcher",
+        key: Callable[[T], Hashable] | None = None,
     ) -> None:
         self.fn = fn
         self.max_batch = max_batch
         self.window_s = window_s
+        self.key = key
+        self._waiting: OrderedDict[Hashable, deque[tuple[T, asyncio.Future]]] = OrderedDict()
+        self._size = 0  # items in _waiting
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
@@ -58,8 +68,8 @@ class MicroBatcher(Generic[T, R]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._queue is not None and not self._queue.empty():
-            _, future = self._queue.get_nowait()
+        self._drain()
+        for _, future in self._take(self._size):
             if not future.done():
                 future.set_exception(RuntimeError("the service is shutting down"))
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -85,20 +95,42 @@ class MicroBatcher(Generic[T, R]):
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            if not self._size:
+                self._hold(await self._queue.get())
             deadline = loop.time() + self.window_s
-            while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
+            while True:
+                self._drain()
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if self._size >= self.max_batch or remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    self._hold(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
-            await self._run(batch)
+            await self._run(self._take(self.max_batch))
+
+    def _hold(self, entry: tuple[T, asyncio.Future]) -> None:
+        key = self.key(entry[0]) if self.key is not None else None
+        self._waiting.setdefault(key, deque()).append(entry)
+        self._size += 1
+
+    def _drain(self) -> None:
+        """Move what is queued to the waiting items (so that a batch sees every key)."""
+        while self._queue is not None and not self._queue.empty():
+            self._hold(self._queue.get_nowait())
+
+    def _take(self, n: int) -> list[tuple[T, asyncio.Future]]:
+        """Up to ``n`` waiting items, one key at a time in turn."""
+        out = []
+        while self._waiting and len(out) < n:
+            key, items = next(iter(self._waiting.items()))
+            out.append(items.popleft())
+            if items:
+                self._waiting.move_to_end(key)
+            else:
+                del self._waiting[key]
+        self._size -= len(out)
+        return out
 
     async def _run(self, batch: list[tuple[T, asyncio.Future]]) -> None:
         live = [(item, fut) for item, fut in batch if not fut.done()]  # skip cancelled clients

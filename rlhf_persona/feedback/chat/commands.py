@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from rlhf_persona.errors import UserError
+from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
 
 
 def chat_env(
@@ -109,7 +110,7 @@ def chat_link(
     base_url: str = typer.Option(
         "http://127.0.0.1:8000", "--base-url", help="Where the service is reachable."
     ),
-    ttl: int = typer.Option(3600, min=10, max=7 * 24 * 3600, help="Lifetime in seconds."),
+    ttl: int = typer.Option(3600, min=10, max=MAX_TTL_S, help="Lifetime in seconds."),
 ) -> None:
     """Print a chat page link with a short-lived token for USER (signed with the key the service
     uses: RLHF_PERSONA_CHAT_TOKEN_SECRET, else derived from RLHF_PERSONA_HASH_KEY)."""

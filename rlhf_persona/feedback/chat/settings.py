@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
+
 ENV_PREFIX = "RLHF_PERSONA_CHAT_"
 
 
@@ -83,7 +85,19 @@ class ChatSettings(BaseSettings):
         "RLHF_PERSONA_HASH_KEY (set either in production).",
     )
     token_ttl_s: int = Field(
-        3600, ge=10, le=7 * 24 * 3600, description="Default lifetime of a chat token, seconds."
+        3600, ge=10, le=MAX_TTL_S, description="Default lifetime of a chat token, seconds."
+    )
+    max_inflight: int = Field(
+        64, ge=1, description="Most chat requests in progress at once (all callers); more: 429."
+    )
+    token_max_inflight: int = Field(
+        2, ge=1, description="Most chat requests in progress at once per chat token; more: 429."
+    )
+    token_rate_per_min: float = Field(
+        20, gt=0, description="Chat requests per minute per chat token (sustained); more: 429."
+    )
+    token_burst: int = Field(
+        10, ge=1, description="Chat requests a chat token may send at once after a pause."
     )
     segment_cache_s: float = Field(
         30.0, ge=0, description="How long a user's segment is cached before it is read again."

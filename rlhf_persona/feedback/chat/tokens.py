@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from rlhf_persona.feedback.privacy import resolve_hash_key
 
 VERSION = "v1"
+#: Longest lifetime of a token: a token claiming a later expiry is refused even when its
+#: signature is valid (a leaked key or a careless mint cannot make a years-long credential).
+MAX_TTL_S = 7 * 24 * 3600
 
 
 class TokenError(ValueError):
@@ -51,7 +54,9 @@ def _sign(key: bytes, payload: str) -> str:
 
 
 def mint_token(key: bytes, user_id: str, ttl_s: int, now: float | None = None) -> str:
-    """A token for ``user_id``, valid for ``ttl_s`` seconds."""
+    """A token for ``user_id``, valid for ``ttl_s`` seconds (at most ``MAX_TTL_S``)."""
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise ValueError(f"ttl_s must be between 1 and {MAX_TTL_S} seconds, not {ttl_s}")
     expires = int((now if now is not None else time.time()) + ttl_s)
     payload = _b64(f"{user_id}\n{expires}".encode())
     return f"{VERSION}.{payload}.{_sign(key, payload)}"
@@ -70,6 +75,9 @@ def verify_token(key: bytes, token: str, now: float | None = None) -> UserToken:
         expires_at = int(expires)
     except (ValueError, UnicodeDecodeError):
         raise TokenError("malformed chat token") from None
-    if expires_at < (now if now is not None else time.time()):
+    now = now if now is not None else time.time()
+    if expires_at < now:
         raise TokenError("chat token expired: ask for a new link")
+    if expires_at > now + MAX_TTL_S + 60:  # a minute of clock skew between minting hosts
+        raise TokenError("chat token lives longer than the maximum lifetime: ask for a new link")
     return UserToken(user_id, expires_at)

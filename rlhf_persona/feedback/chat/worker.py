@@ -22,7 +22,6 @@ import logging
 import multiprocessing
 import os
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -30,21 +29,15 @@ from typing import Any
 
 from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request, check_settings
 from rlhf_persona.feedback.chat.settings import ChatSettings
+from rlhf_persona.feedback.service.startup import exit_with_parent
 
 log = logging.getLogger("rlhf_persona.chat")
 _POLICY: ChatPolicy | None = None  # the child's policy
 
 
-def _exit_with_parent(parent: int) -> None:
-    while True:
-        if os.getppid() != parent:  # re-parented: the service is gone
-            os._exit(0)
-        time.sleep(0.5)
-
-
 def _init_child(settings: dict[str, Any], cache_dir: str | None, parent: int) -> None:
     global _POLICY
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    exit_with_parent(parent)
     _POLICY = ChatPolicy(ChatSettings(**settings), Path(cache_dir) if cache_dir else None)
 
 

@@ -11,6 +11,7 @@ router in ``routes/`` and append it to ``routes.ROUTERS``, or pass it in ``route
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 
 from rlhf_persona.feedback.db import WalCheckpointer
 from rlhf_persona.feedback.schemas import FeedbackEventIn
-from rlhf_persona.feedback.service import errors
+from rlhf_persona.feedback.service import errors, startup
 from rlhf_persona.feedback.service.deps import ApiKeys
 from rlhf_persona.feedback.service.middleware import BodySizeLimit
 from rlhf_persona.feedback.service.responses import JSON
@@ -68,6 +69,8 @@ def create_app(
         summary="Users, replies and their feedback (thumbs, ratings, A/B choices, comments).",
         lifespan=lifespan,
         default_response_class=JSON,
+        docs_url=None,  # served by routes/docs.py, with a content security policy
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
@@ -108,8 +111,12 @@ def _add_schema_components(app: FastAPI, *models: type[BaseModel]) -> None:
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (runs in each served worker process): settings from
     ``RLHF_PERSONA_*`` variables."""
+    settings = ServiceSettings()
+    token_secret = os.environ.get(startup.TOKEN_SECRET_ENV)
+    startup.check_secrets(settings.hash_key, token_secret, settings.dev, "127.0.0.1")
+    startup.watch_supervisor()
     tune_gc()
-    return create_app(ServiceSettings())
+    return create_app(settings)
 
 
 GC_THRESHOLDS = (50_000, 20, 10)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
 from rlhf_persona.feedback.schemas import Ident, Tag, Text
 
 
@@ -20,7 +21,7 @@ class ChatIn(_In):
     user_id: Ident | None = None
     message: Text = Field(min_length=1, max_length=20_000)
     conversation_id: Ident | None = Field(None, description="Groups the turns of one chat.")
-    ab: bool | None = Field(
+    ab: StrictBool | None = Field(
         None, description="true: two replies (A/B choice); false: one; null: the service's share."
     )
 
@@ -51,8 +52,8 @@ class ChatOut(BaseModel):
 
 class TokenIn(_In):
     user_id: Ident
-    ttl_s: int | None = Field(
-        None, ge=10, le=7 * 24 * 3600, description="Lifetime in seconds (default: the service's)."
+    ttl_s: StrictInt | None = Field(
+        None, ge=10, le=MAX_TTL_S, description="Lifetime in seconds (default: the service's)."
     )
 
 

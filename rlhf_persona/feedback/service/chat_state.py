@@ -17,6 +17,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from rlhf_persona.feedback.chat.batcher import MicroBatcher
+from rlhf_persona.feedback.chat.limits import ChatLimiter
 from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request
 from rlhf_persona.feedback.chat.settings import ChatSettings
 from rlhf_persona.feedback.chat.tokens import token_key
@@ -67,13 +68,19 @@ class ChatState:
         policy_class = ProcessPolicy if settings.separate_process else ChatPolicy
         self.policy: ChatPolicy | ProcessPolicy = policy_class(settings, cache_dir)
         self.batcher: MicroBatcher[Request, Generated] = MicroBatcher(
-            self.policy.generate, settings.max_batch, settings.batch_window_ms / 1000, "generate"
+            self.policy.generate,
+            settings.max_batch,
+            settings.batch_window_ms / 1000,
+            "generate",
+            key=lambda request: request.user_id,  # round-robin across users
         )
         # Replies are written by one thread, batched: concurrent chats never race each other
         # for the database's write lock, and take it once per batch.
         self.recorder: MicroBatcher[dict, Any] = MicroBatcher(
             self._record, max_batch=64, window_s=0, name="replies"
         )
+        self.limiter = ChatLimiter(settings.max_inflight, settings.token_max_inflight,
+                                   settings.token_rate_per_min, settings.token_burst)  # fmt: skip
         self.key = token_key(settings.token_secret, hash_key)
         self.shown = ShownReplies(store)
         self.rng = random.Random(settings.seed)
@@ -100,12 +107,12 @@ class ChatState:
         if isinstance(self.policy, ProcessPolicy):
             self.policy.close()
 
-    async def segment_of(self, user_id: str) -> int | None:
-        """The user's current segment (cached ``segment_cache_s``); raises NotFound / Gone for
-        an unknown or deleted user."""
+    async def segment_of(self, user_id: str, fresh: bool = False) -> int | None:
+        """The user's current segment (cached ``segment_cache_s`` unless ``fresh``); raises
+        NotFound / Gone for an unknown or deleted user."""
         hit = self._segments.get(user_id)
         now = time.monotonic()
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > now and not fresh:
             return hit[0]
         user = await run_in_threadpool(self.store.get_user, user_id)
         if len(self._segments) > MAX_CACHED_USERS:

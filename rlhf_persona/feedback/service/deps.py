@@ -1,7 +1,10 @@
 """Dependencies shared by the route modules: the store, the writer and API-key roles.
 
-A route that needs a role declares ``Depends(require("collector"))`` or
-``Depends(require("admin"))`` (admin may do everything a collector may). Keys travel in the
+A route that needs a role declares ``Depends(require("collector"))`` (write: post users,
+replies, feedback, chats), ``Depends(require("reader"))`` (read profiles, feedback, replies) or
+``Depends(require("admin"))`` (delete, export, and everything the others may). Writing and
+reading are separate: a collector key (e.g. in a chat backend) cannot read what others sent,
+a reader key (e.g. a dashboard) cannot write. Keys travel in the
 ``X-API-Key`` header, are created with ``rlhf-persona keys create --role ...`` and are stored
 hashed; valid keys are cached in memory for ``api_key_cache_seconds``.
 """
@@ -20,9 +23,10 @@ from rlhf_persona.feedback.service.settings import ServiceSettings
 from rlhf_persona.feedback.service.writer import BatchingWriter
 from rlhf_persona.feedback.store import FeedbackStore
 
-ROLE_RANK = {"collector": 1, "admin": 2}
+GRANTS = {"collector": {"collector"}, "reader": {"reader"},
+          "admin": {"collector", "reader", "admin"}}  # fmt: skip
 api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="API key (role collector or admin)."
+    name="X-API-Key", auto_error=False, description="API key (role collector, reader or admin)."
 )
 
 
@@ -58,14 +62,14 @@ def get_settings(request: Request) -> ServiceSettings:
 
 
 async def check_role(request: Request, role: str, key: str | None) -> str:
-    """The role of the request's API key; 401 without a valid key, 403 below ``role``."""
+    """The role of the request's API key; 401 without a valid key, 403 if it lacks ``role``."""
     if not key:
         raise HTTPException(401, "missing API key: send it in the X-API-Key header")
     found = await request.app.state.api_keys.role(key) if len(key) <= 256 else None
     if found is None:
         raise HTTPException(401, "invalid or revoked API key (X-API-Key)")
-    if ROLE_RANK[found] < ROLE_RANK[role]:
-        raise HTTPException(403, f"this needs the {role} role; the API key has {found}")
+    if role not in GRANTS.get(found, ()):
+        raise HTTPException(403, f"this needs the {role} role (or admin); the API key has {found}")
     return found
 
 
@@ -79,4 +83,5 @@ def require(role: str) -> Callable[..., Awaitable[str]]:
 
 
 collector = require("collector")
+reader = require("reader")
 admin = require("admin")

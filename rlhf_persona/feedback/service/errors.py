@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from rlhf_persona.feedback.chat.limits import RateLimited
 from rlhf_persona.feedback.errors import StoreError
 from rlhf_persona.feedback.schemas import describe_errors
 from rlhf_persona.feedback.service.responses import JSON, error_body
@@ -33,10 +34,27 @@ async def _http(request: Request, exc: HTTPException) -> JSON:
     return JSON(error_body(str(exc.detail)), exc.status_code, headers=exc.headers)
 
 
-async def _database_busy(request: Request, exc: sa.exc.OperationalError) -> JSON:
+async def _database(request: Request, exc: sa.exc.SQLAlchemyError) -> JSON:
+    """A database error is never a 500: a constraint the database enforced is a conflict, a
+    value it cannot hold is invalid input, anything else (locked, unreachable, pool timeout)
+    is a 503 the client may retry."""
+    if isinstance(exc, sa.exc.IntegrityError):
+        return JSON(error_body("conflicts with stored data (rejected by the database)"), 409)
+    if isinstance(exc, sa.exc.DataError):
+        return JSON(error_body("a value is out of range for the database"), 422)
     log.warning("database unavailable: %s", exc)
     return JSON(error_body("the database is busy or unavailable; retry"), 503,
                 headers={"Retry-After": "1"})  # fmt: skip
+
+
+async def _rate_limited(request: Request, exc: RateLimited) -> JSON:
+    return JSON(error_body(str(exc)), 429, headers={"Retry-After": str(exc.retry_after_s)})
+
+
+async def _overflow(request: Request, exc: OverflowError) -> JSON:
+    # sqlite3 raises it (not a DBAPI error) for an integer beyond 64 bits
+    log.warning("overflow on %s %s: %s", request.method, request.url.path, exc)
+    return JSON(error_body("a number is out of range"), 422)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSON:
@@ -48,5 +66,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(sa.exc.OperationalError, _database_busy)
+    app.add_exception_handler(sa.exc.SQLAlchemyError, _database)
+    app.add_exception_handler(OverflowError, _overflow)
+    app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(Exception, _unexpected)

@@ -30,3 +30,8 @@ class ServiceSettings(BaseSettings):
         30.0, ge=0, description="How long a valid API key is trusted before it is checked again."
     )
     max_page_size: int = Field(1000, ge=1, description="Largest `limit` of the list endpoints.")
+    dev: bool = Field(
+        False,
+        description="Development mode (``serve --dev``): the public development hash key is "
+        "accepted. Without it the service refuses to start without real secrets.",
+    )

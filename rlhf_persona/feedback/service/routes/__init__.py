@@ -4,7 +4,15 @@ mounts under ``/v1``; a new module (e.g. chat) adds its router there or is passe
 
 from __future__ import annotations
 
-from rlhf_persona.feedback.service.routes import admin, chat, feedback, pages, replies, users
+from rlhf_persona.feedback.service.routes import (
+    admin,
+    chat,
+    docs,
+    feedback,
+    pages,
+    replies,
+    users,
+)
 
 ROUTERS = [users.router, replies.router, feedback.router, admin.router, chat.router]
-PAGES = [pages.router]  # HTML pages (the chat page), mounted outside the API prefix
+PAGES = [pages.router, docs.router]  # HTML pages (chat, API docs), outside the API prefix

@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException
 from rlhf_persona.feedback.chat.serving import REASON_TAGS
 from rlhf_persona.feedback.chat.settings import ChatSettings
 from rlhf_persona.feedback.chat.tokens import TokenError, mint_token, verify_token
-from rlhf_persona.feedback.errors import StoreError
+from rlhf_persona.feedback.errors import Gone, NotFound, StoreError
+from rlhf_persona.feedback.privacy import mask_pii
 from rlhf_persona.feedback.schemas import FeedbackEventIn
 from rlhf_persona.feedback.service.chat_models import (
     ChatFeedbackIn,
@@ -53,7 +54,8 @@ bearer = HTTPBearer(auto_error=False, description="Per-user chat token (from /v1
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 Store = Annotated[FeedbackStore, Depends(get_store)]
 CHAT_ERRORS = ERRORS | {
-    503: {"model": ERRORS[422]["model"], "description": "The chat policy is not available."}
+    429: {"model": ERRORS[422]["model"], "description": "A rate limit: see Retry-After."},
+    503: {"model": ERRORS[422]["model"], "description": "The chat policy is not available."},
 }
 
 
@@ -89,14 +91,23 @@ class Forbidden(StoreError):
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 
-def _token_user(request: Request, creds: HTTPAuthorizationCredentials | None) -> Any:
+async def _token_user(request: Request, creds: HTTPAuthorizationCredentials | None) -> Any:
+    """The token's user; 401 for a missing, forged or expired token, or one whose user was
+    deleted since it was minted (checked on every request, not cached)."""
     if creds is None or creds.scheme.lower() != "bearer":
         message = "missing chat token: send Authorization: Bearer <token>"
         raise HTTPException(401, message, headers=_BEARER)
     try:
-        return verify_token(_chat(request).key, creds.credentials)
+        user = verify_token(_chat(request).key, creds.credentials)
     except TokenError as exc:
         raise HTTPException(401, str(exc), headers=_BEARER) from None
+    try:
+        await _chat(request).segment_of(user.user_id, fresh=True)
+    except (Gone, NotFound):
+        raise HTTPException(
+            401, "the chat token's user no longer exists", headers=_BEARER
+        ) from None
+    return user
 
 
 def _same_user(token_user: str, body_user: str | None) -> None:
@@ -120,7 +131,7 @@ async def chat(
     adapter, segment, generation settings) and recorded as shown to the user."""
     state = _chat(request)
     if creds is not None:
-        user_id = _token_user(request, creds).user_id
+        user_id = (await _token_user(request, creds)).user_id
         _same_user(user_id, body.user_id)
     else:
         await check_role(request, "collector", key)
@@ -129,16 +140,23 @@ async def chat(
         user_id = body.user_id
     if len(body.message) > state.settings.max_message_chars:
         raise StoreError(f"at most {state.settings.max_message_chars} characters", "message")
+    with state.limiter.admit(user_id if creds is not None else None):
+        return await _answer(state, body, user_id)
+
+
+async def _answer(state: ChatState, body: ChatIn, user_id: str) -> JSON:
+    """Generate, store and answer (inside the limiter's slot)."""
+    message = mask_pii(body.message)  # neither the policy nor the store sees contact details
     segment = await state.segment_of(user_id)
     ab = state.wants_ab(body.ab)
     try:
-        generated = await state.replies(segment, body.message, ab, user_id)
+        generated = await state.replies(segment, message, ab, user_id)
     except Exception as exc:  # the model failed to load or to generate
         log.warning("chat generation failed: %s", exc)
-        message = f"the chat policy is not available: {exc}"
-        raise HTTPException(503, message, headers={"Retry-After": "5"}) from None
+        detail = f"the chat policy is not available: {exc}"
+        raise HTTPException(503, detail, headers={"Retry-After": "5"}) from None
     rows = [
-        dict(prompt=body.message, reply=g.text, policy=g.policy, adapter=g.adapter,
+        dict(prompt=message, reply=g.text, policy=g.policy, adapter=g.adapter,
              segment=g.segment, generation=g.generation, user_id=user_id,
              conversation_id=body.conversation_id)
         for g in generated
@@ -149,7 +167,7 @@ async def chat(
         {
             "user_id": user_id,
             "conversation_id": body.conversation_id,
-            "prompt": body.message,
+            "prompt": message,
             "ab": ab,
             "replies": [
                 {"reply_id": r["reply_id"], "text": r["reply"], "slot": "AB"[i] if ab else None}
@@ -180,7 +198,7 @@ async def create_token(body: TokenIn, request: Request, store: Store) -> JSON:
 @router.get("/session", response_model=SessionOut, responses={401: ERRORS[401]})
 async def session(request: Request, creds: Credentials) -> JSON:
     """Who the token is for, until when, and what the page offers (reason tags)."""
-    user = _token_user(request, creds)
+    user = await _token_user(request, creds)
     state = _chat(request)
     return JSON(
         {"user_id": user.user_id, "expires_at": _iso(user.expires_at),
@@ -201,7 +219,7 @@ async def session(request: Request, creds: Credentials) -> JSON:
 async def chat_feedback(body: ChatFeedbackIn, request: Request, creds: Credentials) -> JSON:
     """Record the token's user's thumb, rating, A/B choice or comment on replies shown to them:
     201 ``created`` / ``updated`` (a changed vote), 200 ``duplicate`` (a retry)."""
-    user_id = _token_user(request, creds).user_id
+    user_id = (await _token_user(request, creds)).user_id
     _same_user(user_id, body.user_id)
     state = _chat(request)
     for field in ("reply_id", "other_reply_id"):

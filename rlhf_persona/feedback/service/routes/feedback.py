@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from rlhf_persona.feedback.schemas import ID_PATTERN, FeedbackEventIn
-from rlhf_persona.feedback.service.deps import check_role, collector, get_store
+from rlhf_persona.feedback.service.deps import check_role, get_store, reader
 from rlhf_persona.feedback.service.models import ERRORS, BatchOut, EventPage, EventResultOut
 from rlhf_persona.feedback.service.responses import JSON, error_body
 from rlhf_persona.feedback.store import FeedbackStore
@@ -139,7 +139,7 @@ def _envelope(body: bytes) -> list[Any]:
     return data["events"]
 
 
-@router.get("", response_model=EventPage, dependencies=[Depends(collector)])
+@router.get("", response_model=EventPage, dependencies=[Depends(reader)])
 async def list_feedback(
     store: Store,
     kind: Literal["thumbs", "rating", "pairwise", "comment"] | None = None,

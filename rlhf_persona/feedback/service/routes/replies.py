@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path
 from starlette.concurrency import run_in_threadpool
 
 from rlhf_persona.feedback.schemas import ID_PATTERN, ReplyIn
-from rlhf_persona.feedback.service.deps import collector, get_store
+from rlhf_persona.feedback.service.deps import collector, get_store, reader
 from rlhf_persona.feedback.service.models import ERRORS, ReplyOut
 from rlhf_persona.feedback.service.responses import JSON
 from rlhf_persona.feedback.store import FeedbackStore
@@ -26,7 +26,7 @@ async def record_reply(body: ReplyIn, store: Store) -> JSON:
     return JSON(reply, 201 if created else 200)
 
 
-@router.get("/{reply_id}", response_model=ReplyOut, dependencies=[Depends(collector)])
+@router.get("/{reply_id}", response_model=ReplyOut, dependencies=[Depends(reader)])
 def get_reply(
     reply_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)], store: Store
 ) -> JSON:

@@ -1,4 +1,7 @@
-"""/v1/users: create, read, update the profile, list, delete (admin)."""
+"""/v1/users: create, update the profile (collector), read, list (reader), delete (admin).
+
+A key that may not read (collector) gets back only what it sent: the profile keys of its
+request, not the rest of a stored profile."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from rlhf_persona.feedback.schemas import ID_PATTERN, UserIn, UserPatch
-from rlhf_persona.feedback.service.deps import admin, collector, get_store
+from rlhf_persona.feedback.service.deps import GRANTS, admin, collector, get_store, reader
 from rlhf_persona.feedback.service.models import ERRORS, DeletedOut, UserOut, UserPage
 from rlhf_persona.feedback.service.responses import JSON
 from rlhf_persona.feedback.store import FeedbackStore
@@ -18,8 +21,19 @@ UserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Store = Annotated[FeedbackStore, Depends(get_store)]
 
 
-@router.post("", response_model=UserOut, status_code=201, dependencies=[Depends(collector)])
-async def create_user(body: UserIn, store: Store) -> JSON:
+Role = Annotated[str, Depends(collector)]
+
+
+def _visible(user: dict, role: str, sent: dict | None) -> dict:
+    """The user as this key may see it: all of it with the reader role, else what was sent."""
+    if "reader" in GRANTS[role]:
+        return user
+    profile = {key: value for key, value in user["profile"].items() if key in (sent or {})}
+    return {**user, "profile": profile, "meta": {}}
+
+
+@router.post("", response_model=UserOut, status_code=201)
+async def create_user(body: UserIn, store: Store, role: Role) -> JSON:
     """Create a user (201), or update an existing one's profile / consent (200).
 
     Without ``user_id`` the id is derived from ``external_id`` (keyed hash) or generated.
@@ -28,10 +42,10 @@ async def create_user(body: UserIn, store: Store) -> JSON:
         store.put_user, body.user_id, body.profile, body.external_id, body.consent
     )
     out = await run_in_threadpool(store.get_user, user["user_id"])
-    return JSON(out, 201 if user["created"] else 200)
+    return JSON(_visible(out, role, body.profile), 201 if user["created"] else 200)
 
 
-@router.get("", response_model=UserPage, dependencies=[Depends(collector)])
+@router.get("", response_model=UserPage, dependencies=[Depends(reader)])
 def list_users(
     store: Store,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -42,15 +56,16 @@ def list_users(
     return JSON({"items": items, "next_cursor": next_cursor})
 
 
-@router.get("/{user_id}", response_model=UserOut, dependencies=[Depends(collector)])
+@router.get("/{user_id}", response_model=UserOut, dependencies=[Depends(reader)])
 def get_user(user_id: UserId, store: Store) -> JSON:
     return JSON(store.get_user(user_id))
 
 
-@router.patch("/{user_id}", response_model=UserOut, dependencies=[Depends(collector)])
-def update_user(user_id: UserId, body: UserPatch, store: Store) -> JSON:
+@router.patch("/{user_id}", response_model=UserOut)
+def update_user(user_id: UserId, body: UserPatch, store: Store, role: Role) -> JSON:
     """Merge ``profile`` into the stored profile (a null value removes a key); set consent."""
-    return JSON(store.update_profile(user_id, body.profile, consent=body.consent))
+    user = store.update_profile(user_id, body.profile, consent=body.consent)
+    return JSON(_visible(user, role, body.profile))
 
 
 @router.delete("/{user_id}", response_model=DeletedOut, dependencies=[Depends(admin)])
