@@ -243,6 +243,7 @@ class Loop:
     def _policy_data(self, r, state, assignments, rm) -> Dataset:
         """The store's export for the algorithm, plus reward-model-ranked pairs if configured."""
         from rlhf_persona.feedback.export import export_kto, export_preference
+        from rlhf_persona.policy.train import ONLINE
 
         algo = self.cfg.policy.algorithm
         since = self._since(r)
@@ -253,7 +254,7 @@ class Loop:
             )
         else:
             exported, _ = export_preference(self.store, assignments, since=since)
-        if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ("grpo", "rloo"):
+        if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ONLINE:
             return exported
         ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo == "kto")
         if len(ranked) == 0:
@@ -306,7 +307,9 @@ class Loop:
         return Dataset.from_dict(rows)
 
     def _online_reward(self, rm, assignments):
-        if self.cfg.policy.algorithm not in ("grpo", "rloo"):
+        from rlhf_persona.policy.train import ONLINE
+
+        if self.cfg.policy.algorithm not in ONLINE:
             return None
         if self.cfg.loop.online_reward == "model":
             from rlhf_persona.reward import make_reward_fn

@@ -144,14 +144,16 @@ def trainer_args(
         output_dir=str(output_dir),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         adam_epsilon=cfg.adam_epsilon,
-        lr_scheduler_type="constant",  # few steps: a decaying schedule wastes half of them
+        lr_scheduler_type=cfg.lr_scheduler,  # default constant: few steps, none to waste
+        warmup_steps=cfg.warmup_steps,
         seed=seed,
         data_seed=seed,
         use_cpu=not on_gpu,
         bf16=bf16 and on_gpu,  # bf16 on CPU is up to 16x slower (DESIGN.md)
-        gradient_checkpointing=False,  # tiny models: recomputation costs more than it saves
+        gradient_checkpointing=cfg.gradient_checkpointing,  # off: tiny models only get slower
         logging_steps=1,
         save_strategy="no",
         # One W&B run spans many trainers; the trainer callback would re-key the run's x-axis,
@@ -186,6 +188,25 @@ def anchor_reference_at_base(model) -> bool:
             param.data.zero_()
             found = True
     return found
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """End-of-turn ids: the model's generation config plus the tokenizer's EOS."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    eos = tokenizer.eos_token_id
+    return ids + ([eos] if eos is not None and eos not in ids else [])
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> dict:
+    """Left-pad so every prompt ends where generation starts (decoder-only batching)."""
+    length = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        input_ids[row, length - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[row, length - len(s) :] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
 def text_of(item: Any) -> str:

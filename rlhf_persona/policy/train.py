@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from rlhf_persona.config import PolicyConfig
 from rlhf_persona.errors import UserError
-from rlhf_persona.policy import dpo, grpo, kto, rloo, sft
+from rlhf_persona.policy import dpo, grpo, kto, ppo, rloo, sft
 from rlhf_persona.policy.common import (
     RewardFn,
     check_online_batch,
@@ -31,8 +31,15 @@ from rlhf_persona.policy.registry import GLOBAL, AdapterInfo, AdapterRegistry
 from rlhf_persona.policy.strategies import STRATEGIES, Plan, Route, TrainJob
 
 # Each algorithm module has COLUMNS (required input columns), format_row and train.
-ALGORITHMS: dict[str, ModuleType] = {"dpo": dpo, "kto": kto, "grpo": grpo, "rloo": rloo}
-ONLINE = frozenset({"grpo", "rloo"})
+ALGORITHMS: dict[str, ModuleType] = {
+    "dpo": dpo,
+    "kto": kto,
+    "grpo": grpo,
+    "rloo": rloo,
+    "ppo": ppo,
+}
+ONLINE = frozenset({"grpo", "rloo", "ppo"})
+GROUPED = frozenset({"grpo", "rloo"})  # each step trains on whole groups of replies per prompt
 
 
 def train_policies(
@@ -59,10 +66,10 @@ def train_policies(
             overrides it per segment.
         data: training rows with a ``segment_id`` column. dpo: prompt, chosen, rejected
             (``export_preference``); kto: prompt, completion, label (``export_kto``);
-            grpo/rloo: prompt (any of the exports; only prompts are used).
+            grpo/rloo/ppo: prompt (any of the exports; only prompts are used).
         cards: segment id → persona text (the segment card), used by the ``prompt`` strategy.
         out_dir: registry folder for this round (``manifest.json`` + ``adapters/``).
-        reward_fn: grpo/rloo only: ``fn(prompts, completions, segment_id, **kw) -> list[float]``
+        reward_fn: grpo/rloo/ppo only: ``fn(prompts, completions, segment_id, **kw) -> list[float]``
             on plain-text user prompts and replies, e.g. ``reward.make_reward_fn(rm)`` or a
             simulated-user scorer.
         run: a tracking ``Run``; each adapter's metrics are logged at ``step=round``.
@@ -133,7 +140,7 @@ def _algorithm(cfg: PolicyConfig, data: Dataset, reward_fn: RewardFn | None) -> 
             f"policy.algorithm={cfg.algorithm} is online: it needs a reward_fn (a reward model "
             "via reward.make_reward_fn, or simulated users' feedback)"
         )
-    if cfg.algorithm in ONLINE:
+    if cfg.algorithm in GROUPED:
         check_online_batch(cfg)
     return algo
 
