@@ -212,8 +212,14 @@ class PPOTrainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             clipped = ((ratio - 1).abs() > eps).float()
-            stats.append(dict(loss=loss.detach(), policy_loss=pg_loss.detach(),
-                              value_loss=vf_loss.detach(), clip_ratio=masked_mean(clipped, mask)))  # fmt: skip
+            stats.append(
+                dict(
+                    loss=loss.detach(),
+                    policy_loss=pg_loss.detach(),
+                    value_loss=vf_loss.detach(),
+                    clip_ratio=masked_mean(clipped, mask),
+                )
+            )
         return stats
 
     def _logp(self, logits: torch.Tensor, reply: torch.Tensor) -> torch.Tensor:
