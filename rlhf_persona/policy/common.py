@@ -31,14 +31,24 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
-def load_base(spec: str, device: str = "cpu", bf16: bool = False, cache_dir: Path | None = None):
+def load_base(
+    spec: str,
+    device: str = "cpu",
+    bf16: bool = False,
+    cache_dir: Path | None = None,
+    attn_implementation: str | None = None,
+):
     """(model, tokenizer) for a policy spec via ``models.load_causal_lm``, on ``device``."""
+    from rlhf_persona.distributed import local_device
     from rlhf_persona.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(spec, cache_dir=cache_dir, device=device)
+    place = local_device(device)  # each process of a multi-GPU launch on its own GPU
+    model, tokenizer = load_causal_lm(
+        spec, cache_dir=cache_dir, device=place, attn_implementation=attn_implementation
+    )
     # bf16 only pays off on a GPU; on CPU it is many times slower (DESIGN.md, measured facts).
     dtype = torch.bfloat16 if bf16 and device == "cuda" else torch.float32
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(device=place, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -260,7 +270,10 @@ def online_format_row(row: dict, tokenizer) -> dict:
 def train_online(config_cls, trainer_cls, model, tokenizer, dataset, cfg, output_dir, *,
                  device, bf16, seed, reward_fn):  # fmt: skip
     """One online run (GRPO and RLOO share every argument; only TRL's classes differ)."""
+    from rlhf_persona.policy.backends import vllm_trainer_kwargs
+
     args = config_cls(
+        **vllm_trainer_kwargs(cfg.use_vllm, device),
         **trainer_args(cfg, output_dir, device, bf16, seed),
         beta=cfg.beta,
         num_generations=cfg.num_generations,

@@ -51,6 +51,7 @@ class PolicyGenerator:
         bf16: bf16 weights (CUDA only).
         cache_dir: embedded model cache (``models.cache_dir``).
         batch_size: max requests per forward pass.
+        attn_implementation: the base models' attention kernel (None: transformers' choice).
     """
 
     def __init__(
@@ -60,8 +61,10 @@ class PolicyGenerator:
         bf16: bool = False,
         cache_dir=None,
         batch_size: int = 32,
+        attn_implementation: str | None = None,
     ):
         self.registry = registry
+        self.attn_implementation = attn_implementation
         self.device = resolve_device(device)
         self.bf16 = bf16
         self.cache_dir = cache_dir
@@ -183,7 +186,9 @@ class PolicyGenerator:
     def _backend(self, route: Route, base: str | None = None) -> _Backend:
         spec = base or self.registry.base_model_of(route)
         if spec not in self._backends:
-            model, tokenizer = load_base(spec, self.device, self.bf16, self.cache_dir)
+            model, tokenizer = load_base(
+                spec, self.device, self.bf16, self.cache_dir, self.attn_implementation
+            )
             model.eval()
             self._backends[spec] = _Backend(model, tokenizer)
         backend = self._backends[spec]

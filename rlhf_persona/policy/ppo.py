@@ -229,7 +229,7 @@ class PPOTrainer:
 
     def _batch(self, step: int) -> dict:
         """This process's share of step ``step``'s prompts: a seeded draw of batch_size ×
-        processes rows, so data-parallel ranks train on disjoint prompts."""
+        processes rows, so data-parallel ranks train on different prompts."""
         acc = self.accelerator
         n = self.cfg.batch_size * acc.num_processes
         g = torch.Generator().manual_seed(self.seed * 100_003 + step)
