@@ -52,19 +52,22 @@ class PolicyWithValue(nn.Module):
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, width: int):
+        """Logits and values at the ``width`` positions that predict the reply's tokens (the
+        prompt's positions never get a vocabulary-sized float32 tensor)."""
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
             output_hidden_states=True,
+            logits_to_keep=width + 1,
         )
         # The critic reads the policy's features but does not train them: value-loss gradients
         # through the shared LoRA weights would move the policy by noise (measured: with β = 1
         # the KL grew as fast as with β = 0).
-        values = self.value_head(out.hidden_states[-1].detach().float()).squeeze(-1)
-        return out.logits.float(), values
+        hidden = out.hidden_states[-1][:, -width - 1 : -1].detach().float()
+        return out.logits[:, :-1].float(), self.value_head(hidden).squeeze(-1)
 
 
 class PPOTrainer:
@@ -87,12 +90,12 @@ class PPOTrainer:
             mixed_precision="bf16" if bf16 and on_gpu else "no",
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         )
+        torch.manual_seed(seed)  # LoRA and value-head init, rollout sampling
         peft_cfg = lora_config(cfg, model)
         policy = model if peft_cfg is None else get_peft_model(model, peft_cfg)
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
             policy.enable_input_require_grads()
-        torch.manual_seed(seed)  # value-head init and rollout sampling
         wrapped = PolicyWithValue(policy).to(self.accelerator.device)
         params = [p for p in wrapped.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
@@ -172,14 +175,14 @@ class PPOTrainer:
         scores = torch.tensor(self.reward(prompts=rows["prompt"], completions=texts, **extra))
         ids = torch.cat([prompt["input_ids"], reply], 1)
         attn = torch.cat([prompt["attention_mask"], torch.ones_like(reply)], 1)
-        logits, values = self.module(ids, attn)
         width = reply.shape[1]
+        logits, values = self.module(ids, attn, width)
         logp = self._logp(logits, reply)
         with policy.disable_adapter():
-            ref_logits, _ = self.module(ids, attn)
+            ref_logits, _ = self.module(ids, attn, width)
         ref_logp = self._logp(ref_logits, reply)
         mask = mask.float()
-        values = values[:, -width - 1 : -1] * mask  # V(state before each reply token)
+        values = values * mask  # V(state before each reply token)
         rewards = -cfg.beta * (logp - ref_logp) * mask
         last = (mask.sum(1).long() - 1).clamp(min=0)
         rewards[torch.arange(len(last)), last] += scores.to(rewards.device)
@@ -194,9 +197,8 @@ class PPOTrainer:
         chunks = torch.arange(len(adv)).chunk(cfg.gradient_accumulation_steps)
         for idx in chunks:
             with self.accelerator.accumulate(self.module):
-                logits, values = self.module(roll["ids"][idx], roll["attn"][idx])
+                logits, values = self.module(roll["ids"][idx], roll["attn"][idx], width)
                 logp = self._logp(logits, roll["reply"][idx])
-                values = values[:, -width - 1 : -1]
                 mask, a, ret = roll["mask"][idx], adv[idx], returns[idx]
                 ratio = torch.exp(logp - roll["logp"][idx])
                 pg = torch.max(-a * ratio, -a * ratio.clamp(1 - eps, 1 + eps))
@@ -224,8 +226,7 @@ class PPOTrainer:
 
     def _logp(self, logits: torch.Tensor, reply: torch.Tensor) -> torch.Tensor:
         """Log-probs of the reply tokens under the sampling distribution (logits / T)."""
-        width = reply.shape[1]
-        return selective_log_softmax(logits[:, -width - 1 : -1] / self.cfg.temperature, reply)
+        return selective_log_softmax(logits / self.cfg.temperature, reply)
 
     def _batch(self, step: int) -> dict:
         """This process's share of step ``step``'s prompts: a seeded draw of batch_size ×
