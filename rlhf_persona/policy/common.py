@@ -1,7 +1,7 @@
 """What every policy trainer shares: chat formatting, LoRA and TRL settings, the base model.
 
-The algorithm modules (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``) stay short because the
-plumbing lives here: prompts become chat messages (with the persona as system prompt when a
+The algorithm modules (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``, ``ppo``) stay short because
+the plumbing lives here: prompts become chat messages (with the persona as system prompt when a
 strategy asks for it), ``PolicyConfig`` becomes TRL's config fields, and a reward callable on plain
 strings becomes a TRL reward function.
 """
