@@ -491,3 +491,13 @@ def test_gae_and_the_kl_penalty_per_token():
     assert torch.allclose(adv0, torch.tensor([[0.0, 0.0, 0.5, 0.0]]))
     white = whiten(torch.tensor([[1.0, 2.0, 3.0, 9.0]]), mask)
     assert white[0, 3] == 0 and abs(float(white[0, :3].mean())) < 1e-6
+
+
+def test_ppo_accumulates_micro_batches_and_follows_the_schedule(data, tmp_path):
+    """Two micro-batches make one optimizer step per pass: the linear schedule over 2 steps
+    × 1 pass is at half the rate after the first step and at 0 after the second."""
+    log = _ppo_run(data, tmp_path, steps=2, num_iterations=1, gradient_accumulation_steps=2,
+                   lr_scheduler="linear").state.log_history  # fmt: skip
+    assert [r["learning_rate"] for r in log] == pytest.approx([2.5e-3, 0.0])
+    with pytest.raises(UserError, match="batch_size .4. must be at least .*accumulation_steps"):
+        _ppo_run(data, tmp_path, batch_size=4, gradient_accumulation_steps=8)

@@ -28,6 +28,7 @@ from transformers import TrainerState, get_scheduler
 from trl.trainer.utils import selective_log_softmax
 
 from rlhf_persona.config import PolicyConfig
+from rlhf_persona.errors import UserError
 from rlhf_persona.policy.common import (
     lora_config,
     online_format_row,
@@ -82,6 +83,12 @@ class PPOTrainer:
         from accelerate import Accelerator
         from peft import get_peft_model
 
+        if cfg.batch_size < cfg.gradient_accumulation_steps:
+            raise UserError(
+                f"policy.batch_size ({cfg.batch_size}) must be at least policy.gradient_"
+                f"accumulation_steps ({cfg.gradient_accumulation_steps}) for ppo: each "
+                "micro-batch holds one or more prompts"
+            )
         self.cfg, self.tokenizer, self.dataset, self.seed = cfg, tokenizer, dataset, seed
         self.reward = trl_reward_func(reward_fn)
         on_gpu = device == "cuda"
@@ -101,10 +108,9 @@ class PPOTrainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
         updates = cfg.steps * cfg.num_iterations
         warmup = int(cfg.warmup_steps if cfg.warmup_steps >= 1 else cfg.warmup_steps * updates)
-        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, warmup, updates)
-        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(
-            wrapped, optimizer, scheduler
-        )
+        # Not prepared: accelerate would step it once per process at every optimizer step.
+        self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer, warmup, updates)
+        self.module, self.optimizer = self.accelerator.prepare(wrapped, optimizer)
         self.state = TrainerState()
         self.stop_ids = stop_token_ids(policy, tokenizer)
 
@@ -208,10 +214,11 @@ class PPOTrainer:
                 pg_loss, vf_loss = masked_mean(pg, mask), masked_mean(vf, mask)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients:
+                if self.accelerator.sync_gradients:  # the pass's last micro-batch
                     self.accelerator.clip_grad_norm_(self.module.parameters(), 1.0)
-                self.optimizer.step()
-                self.scheduler.step()
+                self.optimizer.step()  # a no-op until then (accelerate's accumulation)
+                if self.accelerator.sync_gradients:
+                    self.scheduler.step()
                 self.optimizer.zero_grad()
             clipped = ((ratio - 1).abs() > eps).float()
             stats.append(
