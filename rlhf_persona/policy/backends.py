@@ -72,7 +72,12 @@ class VLLMGenerator(PolicyGenerator):
         with self._lock:
             for route, idx in self._groups(keys):
                 engine, tokenizer = self._engine(route)
-                texts = [self._render(tokenizer, prompts[i], route) for i in idx]
+                # Token ids, not text: vLLM would add a BOS the chat template already has.
+                texts = [
+                    {"prompt_token_ids": tokenizer(self._render(tokenizer, prompts[i], route),
+                                                   add_special_tokens=False)["input_ids"]}
+                    for i in idx
+                ]  # fmt: skip
                 params = SamplingParams(
                     n=1,
                     temperature=temperature,
