@@ -28,9 +28,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-DRY_RUN = [  # the same loop at toy size: tiny-test, 24 users, one short round
+DRY_RUN = [  # the same loop at toy size: tiny-test, 16 users, one short round
     "models.policy=embedded:tiny-test",
-    "population.users=24",
+    "population.users=16",
     "segmentation.k=2",
     "segmentation.min_segment_size=3",
     "population.name=two_opposed",

@@ -62,19 +62,20 @@ def test_loop_under_two_processes_collects_writes_and_logs_once(tmp_path, tiny_t
     cfg["reward"].update(user_level=False, best_of_n=1)
     cfg["policy"] = {"algorithm": "ppo", "steps": 1, "batch_size": 2, "min_rows": 1,
                      "train_global": False, "max_completion_length": 8}  # fmt: skip
-    cfg["loop"].update(rounds=1, online_reward="model")
+    cfg["population"]["users"] = 16
+    cfg["loop"].update(rounds=1, online_reward="model", prompts_per_user=2)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     _launch(["-m", "rlhf_persona.cli", "loop", str(tmp_path / "tiny.yaml")], tmp_path)
 
     run_dir = tmp_path / "runs" / "tiny"
     done = json.loads((run_dir / "round_0" / "round.json").read_text())
     turns = done["eval"]["collected"]["turns"]
-    assert turns == 24 * 4
+    assert turns == 16 * 2
     with sqlite3.connect(run_dir / "feedback.db") as db:
         replies = db.execute("select count(*) from replies").fetchone()[0]
         users = db.execute("select count(*) from users").fetchone()[0]
     assert replies == turns + done["eval"]["collected"]["ab_turns"]  # not once per process
-    assert users == 24
+    assert users == 16
     evals = [m for m in read_metrics(run_dir) if m.get("stage") == "eval"]
     assert len(evals) == 1
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
