@@ -77,7 +77,8 @@ def loop_cmd(
 
     cfg = load_config(path, overrides)
     _, report = run_loop(cfg)
-    console.print(f"report: {report}")
+    if report is not None:  # None on the non-main processes of a multi-process launch
+        console.print(f"report: {report}")
 
 
 @app.command("report")

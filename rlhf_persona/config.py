@@ -64,6 +64,17 @@ class ModelsConfig(Section):
         "auto", description="auto uses CUDA when available, else the CPU."
     )
     bf16: bool = Field(False, description="bf16 training/inference (GPU only; slow on CPU).")
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention kernel of the policy model (transformers' attn_implementation: "
+        "eager, sdpa, flash_attention_2, ...); None lets transformers choose.",
+    )
+    generation_backend: Literal["hf", "vllm", "auto"] = Field(
+        "hf",
+        description="Reply generation in collection, evaluation and serving: hf (transformers "
+        "generate), vllm (one vLLM engine serving every segment adapter; CUDA + the vllm "
+        "package), auto (vllm where it can run, else hf). vllm falls back to hf with a warning.",
+    )
     torch_threads: int | None = Field(
         1,
         ge=1,
@@ -247,7 +258,7 @@ class RewardConfig(Section):
 
 
 class PolicyConfig(Section):
-    algorithm: Literal["dpo", "kto", "grpo", "rloo"] = Field(
+    algorithm: Literal["dpo", "kto", "grpo", "rloo", "ppo"] = Field(
         "dpo", description="Policy optimisation algorithm."
     )
     strategy: Literal["adapter", "prompt"] = Field(
@@ -286,11 +297,13 @@ class PolicyConfig(Section):
     batch_size: int = Field(
         8,
         ge=2,
-        description="Rows per step (DPO/KTO: pairs or thumbs; GRPO/RLOO: completions, a multiple "
-        "of num_generations). KTO needs ≥ 2.",
+        description="Rows per step and device (DPO/KTO: pairs or thumbs; GRPO/RLOO: completions, "
+        "a multiple of num_generations; PPO: prompts, one reply each). KTO needs ≥ 2.",
     )
     beta: float = Field(
-        0.1, ge=0, description="KL strength to the base policy (DPO/KTO β; GRPO/RLOO KL coef)."
+        0.1,
+        ge=0,
+        description="KL strength to the base policy (DPO/KTO β; GRPO/RLOO/PPO KL coef).",
     )
     reference: Literal["previous", "base"] = Field(
         "previous",
@@ -305,16 +318,50 @@ class PolicyConfig(Section):
         192, ge=16, description="Max tokens of prompt + reply in DPO/KTO training rows."
     )
     max_completion_length: int = Field(
-        40, ge=1, description="GRPO/RLOO: max tokens sampled per completion during training."
+        40, ge=1, description="GRPO/RLOO/PPO: max tokens sampled per completion in training."
     )
     num_generations: int = Field(
         4, ge=2, description="GRPO/RLOO: completions sampled per prompt (the group)."
     )
     temperature: float = Field(
-        1.0, gt=0, description="GRPO/RLOO: sampling temperature of the training rollouts."
+        1.0, gt=0, description="GRPO/RLOO/PPO: sampling temperature of the training rollouts."
     )
     num_iterations: int = Field(
-        1, ge=1, description="GRPO/RLOO: clipped updates per rollout batch (PPO-style reuse)."
+        1, ge=1, description="GRPO/RLOO/PPO: clipped updates per rollout batch (PPO epochs)."
+    )
+    clip_range: float = Field(
+        0.2, gt=0, description="PPO: clip range of the probability ratio and of the value."
+    )
+    vf_coef: float = Field(0.1, ge=0, description="PPO: weight of the value loss.")
+    gamma: float = Field(1.0, gt=0, le=1, description="PPO: discount per reply token.")
+    gae_lambda: float = Field(
+        0.95, ge=0, le=1, description="PPO: GAE λ (1: Monte-Carlo returns, 0: one-step TD)."
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step (effective batch = batch_size × this × "
+        "devices); trades memory for time on a GPU.",
+    )
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant",
+        description="Learning-rate schedule (transformers' lr_scheduler_type); few steps: a "
+        "decaying schedule wastes half of them.",
+    )
+    warmup_steps: float = Field(
+        0,
+        ge=0,
+        description="Linear warm-up: optimizer steps (≥ 1) or a share of all steps (< 1).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: less GPU memory for large "
+        "models; tiny models only get slower.",
+    )
+    use_vllm: bool = Field(
+        False,
+        description="GRPO/RLOO: sample training rollouts with vLLM (TRL's use_vllm, colocate "
+        "mode). Needs CUDA and the vllm package; without them, falls back to transformers.",
     )
     warm_start_steps: int = Field(
         0,
@@ -336,7 +383,7 @@ class PolicyConfig(Section):
 
     @model_validator(mode="after")
     def _sft_weight_needs_liked_replies(self) -> PolicyConfig:
-        if self.sft_weight and self.algorithm in ("grpo", "rloo"):
+        if self.sft_weight and self.algorithm in ("grpo", "rloo", "ppo"):
             raise ValueError(
                 f"sft_weight applies to dpo and kto only; {self.algorithm} has no liked "
                 "replies to weigh (set it to 0)"

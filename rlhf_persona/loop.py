@@ -31,6 +31,7 @@ from datasets import Dataset, concatenate_datasets
 from rich.console import Console
 from rich.table import Table
 
+from rlhf_persona import distributed
 from rlhf_persona.config import ExperimentConfig
 from rlhf_persona.policy.generate import generation_progress
 from rlhf_persona.tracking import Run, start_run
@@ -76,11 +77,15 @@ class Loop:
         population = load_population(cfg.population.name)
         self.users = population.sample_users(cfg.population.users, seed=cfg.run.seed)
         self.sim = FeedbackSimulator(self.users, seed=cfg.run.seed, embed=cfg.loop.embed_features)
-        self.store = FeedbackStore(cfg.store.url or (self.dir / "feedback.db"))
-        self.store.upsert_users(self.users.records())
+        self.store = None  # only the main process of several (accelerate launch) writes
+        if distributed.is_main():
+            self.store = FeedbackStore(cfg.store.url or (self.dir / "feedback.db"))
+            self.store.upsert_users(self.users.records())
 
     # -- orchestration --------------------------------------------------------------------
     def run(self) -> dict:
+        if not distributed.is_main():
+            return self._train_beside_main()
         state = self._resume_state()
         with start_run(self.cfg, resume=state.round > 0) as run:
             if state.round > 0:
@@ -91,6 +96,7 @@ class Loop:
                 last = self.run_round(r, state, run)
             summary = last or self._read_round(self.cfg.loop.rounds - 1)
             run.summary({"final": summary["eval"]})
+        distributed.share(None)  # the other processes' loop ends too
         return summary
 
     def _replay_lost(self, run: Run, rounds: int) -> None:
@@ -102,6 +108,21 @@ class Loop:
             run.round = r
             samples = json.loads((rdir / "samples.json").read_text())
             log_round_artifacts(run, rdir, AdapterRegistry.load(rdir / "policy"), samples)
+
+    def _train_beside_main(self) -> dict:
+        """A non-main process: train each round's reward model and policies with the main
+        process (data parallel) on the inputs it shares, until it shares None."""
+        from rlhf_persona.policy import train_policies
+
+        rm = None
+        while (job := distributed.share()) is not None:
+            stage, args = job
+            if stage == "reward":
+                rm = self._fit_reward(*args, run=None)
+            else:
+                kwargs, assignments = args
+                train_policies(**kwargs, reward_fn=self._online_reward(rm, assignments))
+        return {}
 
     def run_round(self, r: int, state: LoopState, run: Run) -> dict:
         rdir = self.dir / f"round_{r}"
@@ -142,15 +163,17 @@ class Loop:
         return self._serve(AdapterRegistry.load(registry_dir))
 
     def _serve(self, registry, batch_size: int | None = None):
-        from rlhf_persona.policy import PolicyGenerator
+        from rlhf_persona.policy.backends import make_generator
 
         m = self.cfg.models
-        return PolicyGenerator(
+        return make_generator(
             registry,
+            m.generation_backend,
             device=m.device,
             bf16=m.bf16,
             cache_dir=m.cache_dir,
             batch_size=batch_size or self.cfg.loop.generation_batch_size,
+            attn_implementation=m.attn_implementation,
         )
 
     def _eval_generator(self, registry):
@@ -211,7 +234,6 @@ class Loop:
 
     def train_reward(self, r: int, rdir: Path, assignments: dict, cards: list, run: Run):
         from rlhf_persona.feedback.export import export_preference
-        from rlhf_persona.reward import build_reward_model
 
         across = self.cfg.reward.pairs_across_prompts
         data, report = export_preference(
@@ -219,11 +241,20 @@ class Loop:
         )
         run.log({"export": report, "round": r}, step=r, stage="reward")
         save_data(data, rdir / "data" / "reward_pairs.jsonl")
+        rm = self._fit_reward(data, cards, run=run)
+        rm.save(rdir / "reward")
+        return rm
+
+    def _fit_reward(self, data, cards: list, run):
+        """Train the reward model; under several processes, all of them train it together."""
+        from rlhf_persona.reward import build_reward_model
+
+        if distributed.launched() and distributed.is_main():
+            distributed.share(("reward", (data, cards)))
         rm = build_reward_model(self.cfg.reward, self.cfg.models.encoder, cards)
         rm.fit(data, run=run)
         if self.cfg.reward.user_level:  # per-user residuals on top (saves the base beside them)
             rm = self._user_level(rm, data)
-        rm.save(rdir / "reward")
         return rm
 
     def _user_level(self, rm, data):
@@ -244,27 +275,32 @@ class Loop:
             from rlhf_persona.policy import AdapterRegistry
 
             init = AdapterRegistry.load(state.registry_dir)
-        return train_policies(
-            cfg.policy,
-            cfg.models.policy,
-            data,
-            cards,
-            rdir / "policy",
-            reward_fn=self._online_reward(rm, assignments),
-            run=run,
+        kwargs = dict(
+            policy_cfg=cfg.policy,
+            base_spec=cfg.models.policy,
+            data=data,
+            cards=cards,
+            out_dir=rdir / "policy",
             round=r,
             device=cfg.models.device,
             bf16=cfg.models.bf16,
             cache_dir=cfg.models.cache_dir,
             seed=cfg.run.seed,
             init_from=init,
+            attn_implementation=cfg.models.attn_implementation,
         )
+        if distributed.launched():  # the other processes train the same adapters with us
+            distributed.share(("policy", (kwargs, assignments)))
+        reward_fn = self._online_reward(rm, assignments)
+        return train_policies(**kwargs, reward_fn=reward_fn, run=run)
 
     def _policy_data(self, r, state, assignments, rm) -> Dataset:
         """The store's export for the algorithm, plus reward-model-ranked pairs if configured."""
+        from rlhf_persona.policy.train import ONLINE
+
         algo = self.cfg.policy.algorithm
         exported = policy_export(self.store, self.cfg, assignments, since=self._since(r))
-        if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ("grpo", "rloo"):
+        if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ONLINE:
             return exported
         ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo == "kto")
         if len(ranked) == 0:
@@ -320,7 +356,9 @@ class Loop:
         return Dataset.from_dict(rows)
 
     def _online_reward(self, rm, assignments):
-        if self.cfg.policy.algorithm not in ("grpo", "rloo"):
+        from rlhf_persona.policy.train import ONLINE
+
+        if self.cfg.policy.algorithm not in ONLINE:
             return None
         if self.cfg.loop.online_reward == "model":
             from rlhf_persona.reward import make_reward_fn
@@ -483,4 +521,4 @@ def run_loop(cfg: ExperimentConfig) -> tuple[dict, Path]:
     from rlhf_persona.report import write_report
 
     summary = Loop(cfg).run()
-    return summary, write_report(cfg.run_dir)
+    return summary, write_report(cfg.run_dir) if distributed.is_main() else None

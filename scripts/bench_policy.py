@@ -10,7 +10,16 @@ are compared with the base policy's by emoji count and word count. Final JSON li
      "results": [{"steps", "train_wall_s", "train_cpu_s", "emoji_mean", "emoji_share",
                   "words_mean", "reward_accuracy", "sample"}, ...]}
 
+``--compare ppo,grpo,rloo`` instead trains each online algorithm for ``--online-steps`` steps of
+``--batch-size`` sampled replies against a planted reward (emoji count minus length / 40, the
+taste of a "short + emoji" segment) and compares, on held-out prompts, the reward gained over the
+base policy per training wall second and the KL from the base. Final JSON line:
+
+    {"model", "compare": [{"algorithm", "train_wall_s", "reward_base", "reward",
+                           "reward_gain_per_s", "kl_from_base"}, ...], "load_avg"}
+
 Usage: python scripts/bench_policy.py [--model embedded:tiny] [--steps 0,10,20,40]
+       python scripts/bench_policy.py --compare ppo,grpo,rloo [--online-steps 16]
 """
 
 from __future__ import annotations
@@ -70,6 +79,55 @@ def style_stats(replies: list[str]) -> dict:
     }
 
 
+def planted_reward(prompts, completions, segment_id, **_) -> list[float]:
+    """A "short + emoji" taste: +1 per emoji, -1 per 40 characters."""
+    return [sum(c.count(e) for e in EMOJI) - len(c) / 40 for c in completions]
+
+
+def compare(args, prompts: list[str]) -> list[dict]:
+    """Each online algorithm against the planted reward: gain per wall second, KL from base."""
+    rng = random.Random(2)
+    data = Dataset.from_list([{"prompt": make_prompt(rng)[0], "segment_id": 0} for _ in range(64)])
+    keys, gen = [0] * len(prompts), dict(max_new_tokens=args.max_new_tokens, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = PolicyGenerator(AdapterRegistry(tmp, args.model))
+        base_replies = base.generate([BASE] * len(prompts), prompts, **gen)
+        reward_base = sum(planted_reward(prompts, base_replies, keys)) / len(prompts)
+        results = []
+        for algorithm in args.compare.split(","):
+            cfg = PolicyConfig(
+                algorithm=algorithm,
+                steps=args.online_steps,
+                learning_rate=args.learning_rate,
+                batch_size=args.batch_size,
+                beta=args.beta,
+                max_completion_length=args.max_new_tokens,
+                train_global=False,
+            )
+            start = time.perf_counter()
+            registry = train_policies(
+                cfg, args.model, data, {}, f"{tmp}/{algorithm}", reward_fn=planted_reward
+            )
+            wall = time.perf_counter() - start
+            generator = PolicyGenerator(registry)
+            replies = generator.generate(keys, prompts, **gen)
+            reward = sum(planted_reward(prompts, replies, keys)) / len(prompts)
+            row = {
+                "algorithm": algorithm,
+                "train_wall_s": round(wall, 1),
+                "reward_base": round(reward_base, 3),
+                "reward": round(reward, 3),
+                "reward_gain_per_s": round((reward - reward_base) / wall, 4),
+                "kl_from_base": round(
+                    float(generator.kl_from_base(keys, prompts, replies).mean()), 3
+                ),
+                "sample": replies[0],
+            }
+            print(row, flush=True)
+            results.append(row)
+    return results
+
+
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -89,12 +147,21 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: best for tiny models)"
     )
+    ap.add_argument("--compare", default="", help="online algorithms to compare, e.g. ppo,grpo")
+    ap.add_argument("--online-steps", type=int, default=16)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = pairs(args.pairs, seed=0, contrast=args.contrast)
     rng = random.Random(1)
     prompts = [make_prompt(rng)[0] for _ in range(args.eval_prompts)]
+    if args.compare:
+        out = {"model": args.model, "steps": args.online_steps, "batch_size": args.batch_size,
+               "learning_rate": args.learning_rate, "beta": args.beta}  # fmt: skip
+        out["compare"] = compare(args, prompts)
+        out["load_avg"] = round(os.getloadavg()[0], 2)
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    data = pairs(args.pairs, seed=0, contrast=args.contrast)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for steps in [int(s) for s in args.steps.split(",")]:

@@ -43,7 +43,7 @@ def test_wrong_type_names_key_and_value(tmp_path):
 
 
 def test_bad_choice_names_key(tmp_path):
-    path = _write(tmp_path, "policy:\n  algorithm: ppo\n")
+    path = _write(tmp_path, "policy:\n  algorithm: trpo\n")
     with pytest.raises(ConfigError, match=r"policy\.algorithm"):
         load_config(path)
 

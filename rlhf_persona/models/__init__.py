@@ -156,10 +156,15 @@ def _device(device: str | None) -> str:
 
 
 def load_causal_lm(
-    spec: str, cache_dir: str | Path | None = None, device: str | None = None, dtype=None
+    spec: str,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    dtype=None,
+    attn_implementation: str | None = None,
 ):
     """(model, tokenizer) for a chat policy. ``device`` None/"auto" picks CUDA when present;
-    ``dtype`` None means float32 on CPU and the checkpoint's own dtype on a GPU."""
+    ``dtype`` None means float32 on CPU and the checkpoint's own dtype on a GPU;
+    ``attn_implementation`` (e.g. ``sdpa``, ``flash_attention_2``) None lets transformers pick."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _source(spec, cache_dir)
@@ -167,7 +172,8 @@ def load_causal_lm(
     if dtype is None:
         dtype = "float32" if device == "cpu" else "auto"
     tokenizer = _from_pretrained(AutoTokenizer, spec, source)
-    model = _from_pretrained(AutoModelForCausalLM, spec, source, dtype=dtype)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = _from_pretrained(AutoModelForCausalLM, spec, source, dtype=dtype, **extra)
     if tokenizer.pad_token is None:  # many hub chat models ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer

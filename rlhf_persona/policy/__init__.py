@@ -1,4 +1,4 @@
-"""Per-segment policies: DPO / KTO offline, GRPO / RLOO online, LoRA adapters or persona prompts.
+"""Per-segment policies: DPO / KTO offline, GRPO / RLOO / PPO online, LoRA adapters or personas.
 
 - ``train_policies(policy_cfg, base_spec, data, cards, out_dir, reward_fn=None, run=None,
   round=0)`` trains the global baseline and the configured strategy's adapters → registry.
@@ -6,8 +6,9 @@
 - ``PolicyGenerator(registry).generate(keys, prompts)``: grouped, batched generation; also
   ``logprobs`` and ``kl_from_base`` for evaluation.
 
-One module per algorithm (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``), each a thin layer over
-its TRL trainer; conditioning strategies live in ``strategies.py``.
+One module per algorithm (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``: thin layers over TRL's
+trainers; ``ppo``: value-head PPO built from accelerate/peft/TRL parts); conditioning strategies
+live in ``strategies.py``; ``backends.make_generator`` picks transformers or vLLM generation.
 Exports load lazily, so importing the package (e.g. for the CLI) does not import TRL.
 """
 

@@ -1,7 +1,7 @@
 """What every policy trainer shares: chat formatting, LoRA and TRL settings, the base model.
 
-The algorithm modules (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``) stay short because the
-plumbing lives here: prompts become chat messages (with the persona as system prompt when a
+The algorithm modules (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``, ``ppo``) stay short because
+the plumbing lives here: prompts become chat messages (with the persona as system prompt when a
 strategy asks for it), ``PolicyConfig`` becomes TRL's config fields, and a reward callable on plain
 strings becomes a TRL reward function.
 """
@@ -33,14 +33,24 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
-def load_base(spec: str, device: str = "cpu", bf16: bool = False, cache_dir: Path | None = None):
+def load_base(
+    spec: str,
+    device: str = "cpu",
+    bf16: bool = False,
+    cache_dir: Path | None = None,
+    attn_implementation: str | None = None,
+):
     """(model, tokenizer) for a policy spec via ``models.load_causal_lm``, on ``device``."""
+    from rlhf_persona.distributed import local_device
     from rlhf_persona.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(spec, cache_dir=cache_dir, device=device)
+    place = local_device(device)  # each process of a multi-GPU launch on its own GPU
+    model, tokenizer = load_causal_lm(
+        spec, cache_dir=cache_dir, device=place, attn_implementation=attn_implementation
+    )
     # bf16 only pays off on a GPU; on CPU it is many times slower (docs/design.md, measured facts).
     dtype = torch.bfloat16 if bf16 and device == "cuda" else torch.float32
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(device=place, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -146,16 +156,18 @@ def trainer_args(
         output_dir=str(output_dir),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         adam_epsilon=cfg.adam_epsilon,
-        lr_scheduler_type="constant",  # few steps: a decaying schedule wastes half of them
+        lr_scheduler_type=cfg.lr_scheduler,  # default constant: few steps, none to waste
+        warmup_steps=cfg.warmup_steps,
         seed=seed,
         data_seed=seed,
         use_cpu=not on_gpu,
         bf16=bf16 and on_gpu,  # bf16 on CPU is up to 16x slower (docs/design.md)
-        # tiny models: recomputation costs more than it saves (TRL defaults it on; this name,
-        # not the deprecated gradient_checkpointing, keeps transformers from warning)
-        activation_checkpointing=False,
+        # off by default: tiny models only get slower (TRL defaults it on); this name, not the
+        # deprecated gradient_checkpointing, keeps transformers from warning
+        activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=1,
         save_strategy="no",
         # One W&B run spans many trainers; transformers' W&B callback would re-key the run's
@@ -206,6 +218,25 @@ def anchor_reference_at_base(model) -> bool:
             param.data.zero_()
             found = True
     return found
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """End-of-turn ids: the model's generation config plus the tokenizer's EOS."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    eos = tokenizer.eos_token_id
+    return ids + ([eos] if eos is not None and eos not in ids else [])
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> dict:
+    """Left-pad so every prompt ends where generation starts (decoder-only batching)."""
+    length = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        input_ids[row, length - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[row, length - len(s) :] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
 def text_of(item: Any) -> str:
@@ -259,7 +290,10 @@ def online_format_row(row: dict, tokenizer) -> dict:
 def train_online(config_cls, trainer_cls, model, tokenizer, dataset, cfg, output_dir, *,
                  device, bf16, seed, reward_fn):  # fmt: skip
     """One online run (GRPO and RLOO share every argument; only TRL's classes differ)."""
+    from rlhf_persona.policy.backends import vllm_trainer_kwargs
+
     args = config_cls(
+        **vllm_trainer_kwargs(cfg.use_vllm, device),
         **trainer_args(cfg, output_dir, device, bf16, seed),
         beta=cfg.beta,
         num_generations=cfg.num_generations,

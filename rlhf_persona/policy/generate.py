@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rlhf_persona.policy.common import load_adapter, load_base, render_prompt, resolve_device
+from rlhf_persona.policy.common import (
+    load_adapter,
+    load_base,
+    pad_left,
+    render_prompt,
+    resolve_device,
+    stop_token_ids,
+)
 from rlhf_persona.policy.registry import BASE, GLOBAL, AdapterRegistry
 from rlhf_persona.policy.strategies import Route
 
@@ -61,6 +68,7 @@ class PolicyGenerator:
         bf16: bf16 weights (CUDA only).
         cache_dir: embedded model cache (``models.cache_dir``).
         batch_size: max requests per forward pass.
+        attn_implementation: the base models' attention kernel (None: transformers' choice).
     """
 
     def __init__(
@@ -70,8 +78,10 @@ class PolicyGenerator:
         bf16: bool = False,
         cache_dir=None,
         batch_size: int = 32,
+        attn_implementation: str | None = None,
     ):
         self.registry = registry
+        self.attn_implementation = attn_implementation
         self.device = resolve_device(device)
         self.bf16 = bf16
         self.cache_dir = cache_dir
@@ -191,7 +201,9 @@ class PolicyGenerator:
     def _backend(self, route: Route, base: str | None = None) -> _Backend:
         spec = base or self.registry.base_model_of(route)
         if spec not in self._backends:
-            model, tokenizer = load_base(spec, self.device, self.bf16, self.cache_dir)
+            model, tokenizer = load_base(
+                spec, self.device, self.bf16, self.cache_dir, self.attn_implementation
+            )
             model.eval()
             self._backends[spec] = _Backend(model, tokenizer)
         backend = self._backends[spec]
@@ -255,7 +267,7 @@ class PolicyGenerator:
                 ]
                 reply_ids = [tok(r, add_special_tokens=False)["input_ids"] for r in rs]
                 seqs = [p + r for p, r in zip(prompt_ids, reply_ids, strict=True)]
-                enc = _pad_left(seqs, tok.pad_token_id, self.device)
+                enc = pad_left(seqs, tok.pad_token_id, self.device)
                 positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
                 logits = backend.model(**enc, position_ids=positions).logits.float().cpu()
                 length = enc["input_ids"].shape[1]
@@ -279,24 +291,9 @@ def _check_lengths(keys, **columns) -> None:
 
 
 def _stop_ids(backend: _Backend) -> list[int]:
-    """End-of-turn ids: the model's generation config plus the tokenizer's EOS."""
-    ids = backend.model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    eos = backend.tokenizer.eos_token_id
-    return ids + ([eos] if eos is not None and eos not in ids else [])
+    return stop_token_ids(backend.model, backend.tokenizer)
 
 
 def _encode_left_padded(tokenizer, texts: Sequence[str], device: str) -> dict:
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    return _pad_left(ids, tokenizer.pad_token_id, device)
-
-
-def _pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> dict:
-    """Left-pad so every prompt ends where generation starts (decoder-only batching)."""
-    length = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        input_ids[row, length - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[row, length - len(s) :] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    return pad_left(ids, tokenizer.pad_token_id, device)

@@ -16,9 +16,10 @@ from types import ModuleType
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from rlhf_persona import distributed
 from rlhf_persona.config import PolicyConfig
 from rlhf_persona.errors import UserError
-from rlhf_persona.policy import dpo, grpo, kto, rloo, sft
+from rlhf_persona.policy import dpo, grpo, kto, ppo, rloo, sft
 from rlhf_persona.policy.card import fix_base_reference, write_card
 from rlhf_persona.policy.common import (
     RewardFn,
@@ -33,8 +34,15 @@ from rlhf_persona.policy.registry import GLOBAL, AdapterInfo, AdapterRegistry
 from rlhf_persona.policy.strategies import STRATEGIES, Plan, Route, TrainJob
 
 # Each algorithm module has COLUMNS (required input columns), format_row and train.
-ALGORITHMS: dict[str, ModuleType] = {"dpo": dpo, "kto": kto, "grpo": grpo, "rloo": rloo}
-ONLINE = frozenset({"grpo", "rloo"})
+ALGORITHMS: dict[str, ModuleType] = {
+    "dpo": dpo,
+    "kto": kto,
+    "grpo": grpo,
+    "rloo": rloo,
+    "ppo": ppo,
+}
+ONLINE = frozenset({"grpo", "rloo", "ppo"})
+GROUPED = frozenset({"grpo", "rloo"})  # each step trains on whole groups of replies per prompt
 
 
 def train_policies(
@@ -52,6 +60,7 @@ def train_policies(
     cache_dir: Path | None = None,
     seed: int = 0,
     init_from: AdapterRegistry | None = None,
+    attn_implementation: str | None = None,
 ) -> AdapterRegistry:
     """Train the global baseline (if ``policy_cfg.train_global``) and the strategy's adapters.
 
@@ -61,10 +70,10 @@ def train_policies(
             overrides it per segment.
         data: training rows with a ``segment_id`` column. dpo: prompt, chosen, rejected
             (``export_preference``); kto: prompt, completion, label (``export_kto``);
-            grpo/rloo: prompt (any of the exports; only prompts are used).
+            grpo/rloo/ppo: prompt (any of the exports; only prompts are used).
         cards: segment id → persona text (the segment card), used by the ``prompt`` strategy.
         out_dir: registry folder for this round (``manifest.json`` + ``adapters/``).
-        reward_fn: grpo/rloo only: ``fn(prompts, completions, segment_id, **kw) -> list[float]``
+        reward_fn: grpo/rloo/ppo only: ``fn(prompts, completions, segment_id, **kw) -> list[float]``
             on plain-text user prompts and replies, e.g. ``reward.make_reward_fn(rm)`` or a
             simulated-user scorer.
         run: a tracking ``Run``: each adapter's summary at ``step=round``, its per-step curve live.
@@ -73,6 +82,10 @@ def train_policies(
         seed: seed of every trainer (data order, LoRA init, sampling).
         init_from: previous round's registry: adapters with the same name and base model continue
             training from there (and are the KL reference) instead of starting from zero.
+        attn_implementation: the base model's attention kernel (``models.attn_implementation``).
+
+    Under several processes (``accelerate launch``) every process calls this with the same
+    arguments: each trains on its share of every batch, the main process alone saves.
 
     Returns:
         The saved ``AdapterRegistry``: adapters per segment (+ ``global``) and their routes.
@@ -88,7 +101,9 @@ def train_policies(
     ]
     jobs = [job for plan in plans for job in plan.jobs]
     jobs = [job for job in jobs if _rows(data, job.segments) >= policy_cfg.min_rows]
-    bar = tqdm(jobs, desc=f"policy round {round} ({policy_cfg.algorithm})", unit="adapter")
+    desc = f"policy round {round} ({policy_cfg.algorithm})"
+    bar = tqdm(jobs, desc=desc, unit="adapter", disable=not distributed.is_main())
+    load = dict(device=device, bf16=bf16, cache_dir=cache_dir, attn=attn_implementation)
     for job in bar:
         bar.set_postfix_str(job.name)
         with _quiet_datasets(), _curve_logging(run, job.name):
@@ -99,9 +114,7 @@ def train_policies(
                 data,
                 registry,
                 reward_fn,
-                device,
-                bf16,
-                cache_dir,
+                load,
                 seed,
                 init_from,
             )
@@ -111,7 +124,9 @@ def train_policies(
         if run is not None:
             run.log({job.name: info.metrics}, step=round, stage="policy")
     _apply_routes(registry, plans)
-    registry.save()
+    if distributed.is_main():
+        registry.save()
+    distributed.barrier()  # the next stage may read the manifest on any process
     return registry
 
 
@@ -146,7 +161,7 @@ def _algorithm(cfg: PolicyConfig, data: Dataset, reward_fn: RewardFn | None) -> 
             f"policy.algorithm={cfg.algorithm} is online: it needs a reward_fn (a reward model "
             "via reward.make_reward_fn, or simulated users' feedback)"
         )
-    if cfg.algorithm in ONLINE:
+    if cfg.algorithm in GROUPED:
         check_online_batch(cfg)
     return algo
 
@@ -170,9 +185,10 @@ def _format(rows: Dataset, module: ModuleType, tokenizer) -> Dataset:
     return rows.map(lambda r: module.format_row(r, tokenizer), remove_columns=rows.column_names)
 
 
-def _start_model(job: TrainJob, device, bf16, cache_dir, init_from: AdapterRegistry | None):
+def _start_model(job: TrainJob, load: dict, init_from: AdapterRegistry | None):
     """Base model (+ the previous round's adapter of the same name, trainable, when given)."""
-    model, tokenizer = load_base(job.base_model, device, bf16, cache_dir)
+    model, tokenizer = load_base(job.base_model, load["device"], load["bf16"],
+                                 load["cache_dir"], load["attn"])  # fmt: skip
     prev = init_from.adapters.get(job.name) if init_from is not None else None
     if prev is not None and prev.base_model == job.base_model:
         path = init_from.adapter_path(job.name)
@@ -187,17 +203,15 @@ def _train_job(
     data: Dataset,
     registry: AdapterRegistry,
     reward_fn: RewardFn | None,
-    device: str,
-    bf16: bool,
-    cache_dir: Path | None,
+    load: dict,
     seed: int,
     init_from: AdapterRegistry | None,
 ) -> AdapterInfo:
     start = time.perf_counter()
     rows = _job_rows(data, job)
-    model, tokenizer = _start_model(job, device, bf16, cache_dir, init_from)
+    model, tokenizer = _start_model(job, load, init_from)
     scratch = registry.root / "trainer" / job.name  # TRL's output_dir; nothing is saved there
-    common = dict(device=device, bf16=bf16, seed=seed, reward_fn=reward_fn)
+    common = dict(device=load["device"], bf16=load["bf16"], seed=seed, reward_fn=reward_fn)
     history: list[dict] = []
     if cfg.warm_start_steps > 0:
         liked = sft.liked_rows(rows)
@@ -216,9 +230,8 @@ def _train_job(
     base_path = trainer.model.get_base_model().config.name_or_path
     trainer.model.peft_config["default"].base_model_name_or_path = base_path
     # Only the trained adapter: TRL may add a frozen "ref" copy when warm-starting.
-    trainer.model.save_pretrained(str(out), selected_adapters=["default"])
-    tokenizer.save_pretrained(str(out))  # with its chat template: the folder serves on its own
-    fix_base_reference(out, job.base_model)
+from rlhf_persona.policy import dpo, grpo, kto, ppo, rloo, sft
+from rlhf_persona.policy.card import fix_base_reference, write_card
     info = AdapterInfo(
         name=job.name,
         base_model=job.base_model,

@@ -103,6 +103,8 @@ def trainer_args(cfg, *, n_rows: int, epochs: float, seed: int, remove_unused: b
         disable_tqdm=False,
         max_length=None,  # rows are truncated when tokenized
         remove_unused_columns=remove_unused,
+        # Several processes (accelerate launch): a batch need not touch every segment's head.
+        ddp_find_unused_parameters=True,
         dataloader_num_workers=0,
         seed=seed,
         data_seed=seed,

@@ -149,7 +149,8 @@ class ChatPolicy:
             start = time.perf_counter()
             import torch
 
-            from rlhf_persona.policy import AdapterRegistry, PolicyGenerator
+            from rlhf_persona.policy import AdapterRegistry
+            from rlhf_persona.policy.backends import make_generator
 
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
@@ -162,8 +163,12 @@ class ChatPolicy:
                 registry = AdapterRegistry.load(s.policy_registry)
             else:  # an in-memory registry with only the base route
                 registry = AdapterRegistry(Path("."), s.policy)
-            generator = PolicyGenerator(
-                registry, device=s.device, cache_dir=self.cache_dir, batch_size=s.max_batch
+            generator = make_generator(
+                registry,
+                s.generation_backend,
+                device=s.device,
+                cache_dir=self.cache_dir,
+                batch_size=s.max_batch,
             )
             generator.load_all()
             if s.best_of_n > 1:

@@ -5,6 +5,7 @@ them) or passed in as ``app.state.chat_settings`` before the app starts."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,11 @@ class ChatSettings(BaseSettings):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int = Field(0, description="Seed of the first batch (batch n samples with seed + n).")
     device: str = Field("cpu", description="cpu, cuda or auto.")
+    generation_backend: Literal["hf", "vllm", "auto"] = Field(
+        "hf",
+        description="hf (transformers), vllm (one vLLM engine serving every adapter; CUDA + "
+        "the vllm package, else falls back to hf with a warning) or auto.",
+    )
     separate_process: bool = Field(
         True,
         description="Generate in a child process, so generation never holds the service's "
