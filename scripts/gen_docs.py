@@ -41,7 +41,8 @@ def config_page() -> str:
 
 def _context(cmd, path: list[str]):
     # typer vendors its own click: build contexts with the command's own class.
-    return cmd.context_class(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+    width = {"terminal_width": 100, "max_content_width": 100}
+    return cmd.context_class(cmd, info_name=" ".join(path), **width)
 
 
 def _commands(group, path: list[str]) -> list:

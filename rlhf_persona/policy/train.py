@@ -119,8 +119,9 @@ def train_policies(
                 init_from,
             )
         registry.add_adapter(info)
-        write_card(registry.adapter_dir(job.name), info, policy_cfg, cards, round,
-                   job.system_prompts)  # fmt: skip
+        if distributed.is_main():
+            write_card(registry.adapter_dir(job.name), info, policy_cfg, cards, round,
+                       job.system_prompts)  # fmt: skip
         if run is not None:
             run.log({job.name: info.metrics}, step=round, stage="policy")
     _apply_routes(registry, plans)
@@ -230,8 +231,10 @@ def _train_job(
     base_path = trainer.model.get_base_model().config.name_or_path
     trainer.model.peft_config["default"].base_model_name_or_path = base_path
     # Only the trained adapter: TRL may add a frozen "ref" copy when warm-starting.
-from rlhf_persona.policy import dpo, grpo, kto, ppo, rloo, sft
-from rlhf_persona.policy.card import fix_base_reference, write_card
+    if distributed.is_main():  # every process holds the same weights (DDP)
+        trainer.model.save_pretrained(str(out), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(out))  # with its chat template: the folder serves on its own
+        fix_base_reference(out, job.base_model)
     info = AdapterInfo(
         name=job.name,
         base_model=job.base_model,

@@ -4,8 +4,8 @@ Every strategy trains through this function: the rows carry ``chosen_ids`` / ``r
 (and ``margin``, and ``segment_index`` for the heads strategy), so RewardTrainer skips its own
 text processing — which would append an EOS token a BERT tokenizer does not have.
 
-CPU facts (docs/design.md): bf16 is up to 16× slower on this CPU and gradient checkpointing only costs
-time at this size, so both are off; ``use_cpu`` is set when no GPU is present.
+CPU facts (docs/design.md): bf16 is up to 16× slower on this CPU and gradient checkpointing only
+costs time at this size, so both are off; ``use_cpu`` is set when no GPU is present.
 """
 
 from __future__ import annotations
