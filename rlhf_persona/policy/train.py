@@ -230,8 +230,10 @@ def _train_job(
     base_path = trainer.model.get_base_model().config.name_or_path
     trainer.model.peft_config["default"].base_model_name_or_path = base_path
     # Only the trained adapter: TRL may add a frozen "ref" copy when warm-starting.
-from rlhf_persona.policy import dpo, grpo, kto, ppo, rloo, sft
-from rlhf_persona.policy.card import fix_base_reference, write_card
+    if distributed.is_main():  # every process holds the same weights (DDP)
+        trainer.model.save_pretrained(str(out), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(out))  # with its chat template: the folder serves alone
+        fix_base_reference(out, job.base_model)
     info = AdapterInfo(
         name=job.name,
         base_model=job.base_model,
