@@ -40,8 +40,8 @@ import orjson
 
 os.environ.setdefault("RLHF_PERSONA_QUIET_DEV_KEY", "1")
 
-from rlhf_persona.feedback.models import utcnow  # noqa: E402
 from rlhf_persona.feedback.store import FeedbackStore  # noqa: E402
+from rlhf_persona.feedback.tables import utcnow  # noqa: E402
 from rlhf_persona.feedback.testing import (  # noqa: E402
     PostgresServer,
     ServiceProcess,

@@ -27,9 +27,9 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
 
 from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
-from rlhf_persona.feedback.models import as_utc, utcnow
 from rlhf_persona.feedback.privacy import mask_pii
 from rlhf_persona.feedback.schemas import FeedbackEventIn, first_error, prompt_hash, reply_id_for
+from rlhf_persona.feedback.tables import as_utc, utcnow
 
 if TYPE_CHECKING:
     from rlhf_persona.feedback.store import FeedbackStore

@@ -45,7 +45,16 @@ from rlhf_persona.feedback.db import (
 )
 from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
 from rlhf_persona.feedback.ingest import EventResult
-from rlhf_persona.feedback.models import (
+from rlhf_persona.feedback.privacy import KeyedHasher, hash_api_key
+from rlhf_persona.feedback.schemas import (
+    FeedbackEventIn,
+    ReplyIn,
+    UserIn,
+    first_error,
+    prompt_hash,
+    reply_id_for,
+)
+from rlhf_persona.feedback.tables import (
     api_clients,
     conversations,
     feedback_current,
@@ -56,15 +65,6 @@ from rlhf_persona.feedback.models import (
     tombstones,
     users,
     utcnow,
-)
-from rlhf_persona.feedback.privacy import KeyedHasher, hash_api_key
-from rlhf_persona.feedback.schemas import (
-    FeedbackEventIn,
-    ReplyIn,
-    UserIn,
-    first_error,
-    prompt_hash,
-    reply_id_for,
 )
 
 log = logging.getLogger("rlhf_persona.feedback")

@@ -6,7 +6,7 @@ user (PostgreSQL refuses to run as root), and removes everything on ``stop()``. 
 ``RLHF_PERSONA_TEST_POSTGRES_URL`` to use an existing server instead (databases are then
 created on it).
 
-``ServiceProcess`` starts the ``serve`` command (``python -m rlhf_persona.feedback.service``)
+``ServiceProcess`` starts the ``serve`` command (``python -m rlhf_persona.api``)
 on a free loopback port and waits until ``/healthz`` answers.
 """
 
@@ -141,7 +141,7 @@ class ServiceProcess:
         self.log_path = Path(tempfile.mkstemp(prefix="rlhf-serve-", suffix=".log")[1])
 
     def start(self, timeout: float = 60.0) -> ServiceProcess:
-        cmd = [sys.executable, "-m", "rlhf_persona.feedback.service", "--db", self.db_url,
+        cmd = [sys.executable, "-m", "rlhf_persona.api", "--db", self.db_url,
                "--host", "127.0.0.1", "--port", str(self.port), *self.args]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
