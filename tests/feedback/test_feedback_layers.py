@@ -61,3 +61,14 @@ print(json.dumps({{"modules": names, "loaded": loaded}}))
     assert "rlhf_persona.feedback.store" in result["modules"]
     assert "rlhf_persona.feedback.tables" in result["modules"]
     assert result["loaded"] == []
+
+
+def test_the_store_resources_do_not_import_the_facade():
+    # FeedbackStore binds the resource modules; they work on a StoreSession, so no circle.
+    resources = ["session", "users", "replies", "ingest", "events", "segments", "keys"]
+    wrong = [
+        name
+        for name in resources
+        if "rlhf_persona.feedback.store" in _imports(PACKAGE / "feedback" / f"{name}.py")
+    ]
+    assert wrong == []
