@@ -8,18 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from rlhf_persona.feedback.session import (
-    StoreSession,
-    decode_cursor,
-    encode_cursor,
-    iso,
-)
-from rlhf_persona.feedback.tables import (
-    feedback_current,
-    feedback_events,
-    replies,
-    users,
-)
+from rlhf_persona.feedback.session import StoreSession, decode_cursor, encode_cursor, iso
+from rlhf_persona.feedback.tables import feedback_current, feedback_events, replies, users
 
 
 def _events_query(history: bool) -> sa.Select:

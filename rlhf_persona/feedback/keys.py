@@ -10,13 +10,8 @@ import sqlalchemy as sa
 
 from rlhf_persona.feedback.errors import InvalidInput
 from rlhf_persona.feedback.privacy import hash_api_key
-from rlhf_persona.feedback.session import (
-    StoreSession,
-)
-from rlhf_persona.feedback.tables import (
-    api_clients,
-    utcnow,
-)
+from rlhf_persona.feedback.session import StoreSession
+from rlhf_persona.feedback.tables import api_clients, utcnow
 
 ROLES = ("collector", "reader", "admin")
 

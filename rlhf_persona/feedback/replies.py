@@ -11,19 +11,8 @@ from pydantic import ValidationError
 
 from rlhf_persona.feedback.errors import Conflict, NotFound
 from rlhf_persona.feedback.schemas import ReplyIn, prompt_hash, reply_id_for
-from rlhf_persona.feedback.session import (
-    StoreSession,
-    chunks,
-    invalid,
-    iso,
-)
-from rlhf_persona.feedback.tables import (
-    conversations,
-    replies,
-    reply_views,
-    users,
-    utcnow,
-)
+from rlhf_persona.feedback.session import StoreSession, chunks, invalid, iso
+from rlhf_persona.feedback.tables import conversations, replies, reply_views, users, utcnow
 
 
 def put_reply(db: StoreSession, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from rlhf_persona.feedback.session import (
-    StoreSession,
-)
-from rlhf_persona.feedback.tables import (
-    segment_assignments,
-    users,
-    utcnow,
-)
+from rlhf_persona.feedback.session import StoreSession
+from rlhf_persona.feedback.tables import segment_assignments, users, utcnow
 
 
 def write_segments(
