@@ -9,8 +9,8 @@ import httpx
 import pytest
 from feedback_helpers import HASH_KEY, event
 
+from rlhf_persona.api.testing import ServiceProcess
 from rlhf_persona.feedback.store import FeedbackStore
-from rlhf_persona.feedback.testing import ServiceProcess
 
 MAX_BODY = 64 * 1024
 
