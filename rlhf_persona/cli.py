@@ -94,11 +94,15 @@ def _mount_subapps() -> None:
 
     app.add_typer(models_app, name="models")
 
+    from rlhf_persona.api.commands import register as register_api
+
+    register_api(app)  # serve
+
     from rlhf_persona.feedback.commands import register as register_feedback
 
-    register_feedback(app)  # serve, export, import, keys, db
+    register_feedback(app)  # export, import, keys, db
 
-    from rlhf_persona.feedback.chat.commands import register as register_chat
+    from rlhf_persona.serving.commands import register as register_chat
 
     register_chat(app)  # simulate-traffic, chat-link
 

@@ -37,8 +37,8 @@ import numpy as np
 os.environ.setdefault("RLHF_PERSONA_QUIET_DEV_KEY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rlhf_persona.api.testing import ServiceProcess  # noqa: E402
 from rlhf_persona.feedback.store import FeedbackStore  # noqa: E402
-from rlhf_persona.feedback.testing import ServiceProcess  # noqa: E402
 
 PROMPTS = [
     "How do I get started with cooking?", "Any tips for a first marathon?",

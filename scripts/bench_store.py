@@ -40,13 +40,10 @@ import orjson
 
 os.environ.setdefault("RLHF_PERSONA_QUIET_DEV_KEY", "1")
 
-from rlhf_persona.feedback.models import utcnow  # noqa: E402
+from rlhf_persona.api.testing import ServiceProcess  # noqa: E402
 from rlhf_persona.feedback.store import FeedbackStore  # noqa: E402
-from rlhf_persona.feedback.testing import (  # noqa: E402
-    PostgresServer,
-    ServiceProcess,
-    postgres_available,
-)
+from rlhf_persona.feedback.tables import utcnow  # noqa: E402
+from rlhf_persona.feedback.testing import PostgresServer, postgres_available  # noqa: E402
 
 BATCH = 1000
 N_USERS = 500

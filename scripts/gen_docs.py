@@ -71,7 +71,7 @@ def cli_page() -> str:
 
 
 def http_page() -> str:
-    from rlhf_persona.feedback.service.app import create_app
+    from rlhf_persona.api.app import create_app
 
     spec = create_app().openapi()
     parts = [

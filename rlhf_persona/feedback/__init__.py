@@ -1,5 +1,7 @@
 """Feedback store: users, replies, feedback events and segment assignments in SQLite or
-PostgreSQL; import, export to TRL datasets, privacy; the HTTP API lives in ``service``.
+PostgreSQL; import, export to TRL datasets, privacy. Storage only: the HTTP API is
+``rlhf_persona.api``, chat generation ``rlhf_persona.serving`` (both build on this package, never
+the other way round; ``tests/feedback/test_feedback_layers.py`` checks it).
 
     store = FeedbackStore("feedback.db")            # or a postgresql:// URL; migrates on open
     store.upsert_user("u1", {"age_band": "25-34"})

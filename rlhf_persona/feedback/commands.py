@@ -1,4 +1,5 @@
-"""CLI of the feedback store: ``serve``, ``export``, ``import``, ``keys ...``, ``db ...``.
+"""CLI of the feedback store: ``export``, ``import``, ``keys ...``, ``db ...`` (``serve`` is in
+``rlhf_persona.api.commands``).
 
 The database is ``--db`` (URL or SQLite path), else ``store.url`` of ``--config``, else
 ``$RLHF_PERSONA_DATABASE_URL``, else ``./feedback.db``. Heavy imports happen inside the
@@ -23,7 +24,8 @@ keys_app = typer.Typer(help="Manage API keys of the feedback service.", no_args_
 db_app = typer.Typer(help="Migrate the feedback database (Alembic).", no_args_is_help=True)
 
 
-def _url(db: str | None, config: Path | None) -> str:
+def store_url(db: str | None, config: Path | None) -> str:
+    """The database URL of ``--db`` / ``--config`` (see the module docstring)."""
     from rlhf_persona.feedback.db import resolve_url
 
     if db is None and config is not None:
@@ -33,83 +35,11 @@ def _url(db: str | None, config: Path | None) -> str:
     return resolve_url(db)
 
 
-def _open(db: str | None, config: Path | None = None, *, must_exist: bool = False):
+def open_store(db: str | None, config: Path | None = None, *, must_exist: bool = False):
+    """The store at ``store_url(db, config)``, opened (and migrated)."""
     from rlhf_persona.feedback.store import FeedbackStore
 
-    return FeedbackStore(_url(db, config), must_exist=must_exist)
-
-
-def serve(
-    db: str | None = DbOption,
-    config: Path | None = ConfigOption,
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8000, help="TCP port."),
-    workers: int = typer.Option(1, min=1, help="Worker processes."),
-    log_level: str = typer.Option("warning", help="uvicorn log level."),
-    access_log: bool = typer.Option(False, help="Log every request (slower)."),
-    policy: str | None = typer.Option(
-        None, help="Chat: base policy spec (default embedded:tiny) when there is no registry."
-    ),
-    policy_registry: Path | None = typer.Option(
-        None, help="Chat: adapter registry folder; users get their segment's policy."
-    ),
-    ab_share: float | None = typer.Option(
-        None, min=0, max=1, help="Chat: share of turns with two replies (A/B), default 0.2."
-    ),
-    preload_policy: bool = typer.Option(
-        False, help="Chat: load the policy at start (else on the first chat request)."
-    ),
-    best_of_n: int | None = typer.Option(
-        None,
-        help="Chat: send the best of N sampled replies per request as ranked by "
-        "--best-of-n-reward (default 1 = off; cost ≈ N × one generation).",
-    ),
-    best_of_n_reward: Path | None = typer.Option(
-        None,
-        help="Chat: saved reward model folder ranking the best-of-n candidates (a user-level "
-        "reward scores per user; or a segment RewardModel / FeatureReward).",
-    ),
-    dev: bool = typer.Option(
-        False,
-        "--dev",
-        help="Local trial: allow the public development hash key (loopback hosts only). "
-        "Without it, RLHF_PERSONA_HASH_KEY must be a real secret (docs/security.md).",
-    ),
-) -> None:
-    """Run the feedback HTTP API under uvicorn (OpenAPI docs at /docs, chat page at /chat)."""
-    import os
-
-    import uvicorn
-
-    from rlhf_persona.feedback.chat.commands import chat_env
-    from rlhf_persona.feedback.service import startup
-    from rlhf_persona.feedback.service.settings import ServiceSettings
-
-    url = _url(db, config)
-    os.environ.update(
-        chat_env(policy, policy_registry, ab_share, preload_policy, best_of_n, best_of_n_reward)
-    )
-    settings = ServiceSettings(**({"dev": True} if dev else {}))
-    token_secret = os.environ.get(startup.TOKEN_SECRET_ENV)
-    startup.check_secrets(settings.hash_key, token_secret, settings.dev, host)
-    startup.check_port_free(host, port)
-    _open(url).close()  # migrate once, before the workers start
-    os.environ["RLHF_PERSONA_DATABASE_URL"] = url  # read by every worker's app factory
-    os.environ[startup.SUPERVISOR_ENV] = str(os.getpid())  # workers exit when it is gone
-    if settings.dev:
-        os.environ[startup.DEV_ENV] = "1"
-        os.environ.setdefault("RLHF_PERSONA_QUIET_DEV_KEY", "1")  # said once, here
-        typer.echo("serving with --dev: development keys, loopback only", err=True)
-    uvicorn.run(
-        "rlhf_persona.feedback.service.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=10,
-    )
+    return FeedbackStore(store_url(db, config), must_exist=must_exist)
 
 
 def export_cmd(
@@ -153,7 +83,7 @@ def export_cmd(
     extra: dict = {"across_prompts": True} if across_prompts else {}
     if since is not None:
         extra["since"] = _parse_since(since)
-    store = _open(db, config, must_exist=True)
+    store = open_store(db, config, must_exist=True)
     try:
         dataset, report = export(store, fmt, conversational=conversational, **extra)
     finally:
@@ -171,7 +101,7 @@ def export_cmd(
 
 
 def _parse_since(value: str) -> datetime:
-    from rlhf_persona.feedback.models import as_utc
+    from rlhf_persona.feedback.tables import as_utc
 
     try:
         return as_utc(datetime.fromisoformat(value))
@@ -233,9 +163,9 @@ def import_cmd(
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     values = importers.value_mapping(thumb_values, rating_scale, reverse_scale)
-    url = _url(db, config)
+    url = store_url(db, config)
     new_file = sqlite_file(url) is not None and not Path(sqlite_file(url)).exists()
-    store, report = _open(url), None
+    store, report = open_store(url), None
     try:
         if fmt == "jsonl":
             report = importers.import_jsonl(store, path)
@@ -278,7 +208,7 @@ def keys_create(
     db: str | None = DbOption,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
-    store = _open(db)
+    store = open_store(db)
     try:
         typer.echo(store.create_api_key(role, name))
     finally:
@@ -288,7 +218,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(db: str | None = DbOption) -> None:
     """List API keys (prefix, role, name, created, revoked)."""
-    store = _open(db, must_exist=True)
+    store = open_store(db, must_exist=True)
     try:
         for key in store.list_api_keys():
             revoked = f" revoked {key['revoked_at']:%Y-%m-%d}" if key["revoked_at"] else ""
@@ -303,7 +233,7 @@ def keys_revoke(
     db: str | None = DbOption,
 ) -> None:
     """Revoke a key (running services notice within api_key_cache_seconds)."""
-    store = _open(db, must_exist=True)
+    store = open_store(db, must_exist=True)
     try:
         if not store.revoke_api_key(prefix):
             raise UserError(f"no active key starting with {prefix[:10]!r}")
@@ -334,7 +264,7 @@ def _migrate(db: str | None, direction: str, revision: str, must_exist: bool = F
     from rlhf_persona.feedback import migrate
     from rlhf_persona.feedback.db import make_engine, require_existing, unreachable
 
-    url = _url(db, None)
+    url = store_url(db, None)
     if must_exist:
         require_existing(url)
     engine = make_engine(url)
@@ -349,7 +279,6 @@ def _migrate(db: str | None, direction: str, revision: str, must_exist: bool = F
 
 def register(app: typer.Typer) -> None:
     """Mount the commands on the main CLI (called from ``rlhf_persona.cli``)."""
-    app.command("serve")(serve)
     app.command("export")(export_cmd)
     app.command("import")(import_cmd)
     app.add_typer(keys_app, name="keys")

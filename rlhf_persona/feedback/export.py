@@ -32,7 +32,7 @@ from datetime import datetime
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
-from rlhf_persona.feedback.models import as_utc
+from rlhf_persona.feedback.tables import as_utc
 
 if TYPE_CHECKING:
     from datasets import Dataset

@@ -4,7 +4,8 @@ This is the hot path (simulated users and the HTTP batch endpoint write thousand
 second), so it talks to the database in bulk: a handful of statements per batch, whatever its
 size (one ``SELECT ... IN`` per lookup, one ``executemany`` per insert), with plain driver SQL
 instead of SQLAlchemy expressions, whose per-row parameter processing dominated the cost.
-The rest of the store uses SQLAlchemy Core.
+The user and tombstone lookups (one query per batch) are those the whole store shares
+(``StoreSession``); the rest of the store uses SQLAlchemy Core.
 
 Steps for a batch (one transaction): users (create them if asked, never tombstoned ones) ->
 replies (by content id; ids given by the client must exist; a pair must share its prompt) ->
@@ -21,21 +22,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
 
 from rlhf_persona.feedback.errors import Conflict, Gone, InvalidInput, NotFound, StoreError
-from rlhf_persona.feedback.models import as_utc, utcnow
 from rlhf_persona.feedback.privacy import mask_pii
 from rlhf_persona.feedback.schemas import FeedbackEventIn, first_error, prompt_hash, reply_id_for
-
-if TYPE_CHECKING:
-    from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.feedback.session import IN_CHUNK, StoreSession
+from rlhf_persona.feedback.tables import as_utc, utcnow
 
 Status = Literal["created", "duplicate", "updated", "error"]
-_IN_CHUNK = 900  # rows per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 _REUSED = Conflict("this event id was already used for a different event", "event_id")
 
 
@@ -98,6 +96,7 @@ class _Sql:
     whose transaction SQLAlchemy manages."""
 
     def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn  # for the lookups the store shares (``StoreSession``)
         self.pg = conn.dialect.name == "postgresql"
         self._last_ts: datetime | None = None
         self._last_text = ""
@@ -129,7 +128,7 @@ class _Sql:
         both databases answer from the index; a row-value ``IN`` made SQLite scan)."""
         out: list[tuple] = []
         one = "?" if width == 1 else "(" + ",".join("?" * width) + ")"
-        step = _IN_CHUNK // width
+        step = IN_CHUNK // width
         for start in range(0, len(values), step):
             chunk = values[start : start + step]
             params = chunk if width == 1 else tuple(chain.from_iterable(chunk))
@@ -187,9 +186,7 @@ class _Sql:
         return self._jsonb(value) if self.pg else json.dumps(value, ensure_ascii=False)
 
 
-def record_events(
-    store: FeedbackStore, events: Iterable[Any], create_users: bool
-) -> list[EventResult]:
+def record_events(db: StoreSession, events: Iterable[Any], create_users: bool) -> list[EventResult]:
     """See ``FeedbackStore.record_events``."""
     events = _validated(list(events))
     results: list[EventResult | None] = [None] * len(events)
@@ -207,8 +204,8 @@ def record_events(
             continue
         first_of[item.ev.event_id] = index
         pending.append(item)
-    for start in range(0, len(pending), store.batch_size):
-        _record_chunk(store, pending[start : start + store.batch_size], results, create_users)
+    for start in range(0, len(pending), db.batch_size):
+        _record_chunk(db, pending[start : start + db.batch_size], results, create_users)
     hashes = {it.index: it.payload_hash for it in pending}
     for item, first in repeats:
         if hashes[first] == item.payload_hash:
@@ -277,16 +274,16 @@ def _repeat(first: EventResult | None) -> EventResult:
     )
 
 
-def _record_chunk(store: FeedbackStore, items: list[_Item], results: list, create: bool) -> None:
+def _record_chunk(db: StoreSession, items: list[_Item], results: list, create: bool) -> None:
     try:
-        with store.transaction() as conn:
-            written = _write(store, _Sql(conn), items, results, create)
+        with db.transaction() as conn:
+            written = _write(db, _Sql(conn), items, results, create)
     except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
         # Something only the database caught (e.g. a concurrent writer): retry one event per
         # transaction, so that one bad event cannot sink the others.
         if len(items) > 1:
             for item in items:
-                _record_chunk(store, [item], results, create)
+                _record_chunk(db, [item], results, create)
             return
         message = f"rejected by the database: {type(exc.orig).__name__}"
         results[items[0].index] = EventResult(items[0].ev.event_id, "error", message, None, 409)
@@ -299,7 +296,7 @@ def _record_chunk(store: FeedbackStore, items: list[_Item], results: list, creat
 
 
 def _write(
-    store: FeedbackStore, sql: _Sql, items: list[_Item], results: list, create: bool
+    db: StoreSession, sql: _Sql, items: list[_Item], results: list, create: bool
 ) -> list[tuple[_Item, tuple[Status, str | None]]]:
     """The transaction's work; returns each written item with its (status, message). Events
     that fail are answered in ``results`` right away."""
@@ -307,7 +304,7 @@ def _write(
     def fail(item: _Item, exc: StoreError) -> None:
         results[item.index] = EventResult.error(item.ev.event_id, exc)
 
-    items = _resolve_users(store, sql, items, create, fail)
+    items = _resolve_users(db, sql, items, create, fail)
     items = _resolve_replies(sql, items, fail)
     items = _drop_seen(sql, items, results, fail)
     if not items:
@@ -342,23 +339,16 @@ def _insert_events(sql: _Sql, items: list[_Item], results: list, fail) -> list[_
     return [it for it in items if it.ev.event_id in inserted]
 
 
-def _user_pks(sql: _Sql, ids: list[str]) -> dict[str, int]:
-    """user_id -> pk, negative for deleted users."""
-    rows = sql.select_in(
-        "SELECT id, user_id, deleted_at FROM users WHERE user_id IN ({marks})", ids
-    )
-    return {uid: (-pk if deleted is not None else pk) for pk, uid, deleted in rows}
-
-
-def _resolve_users(store, sql: _Sql, items: list[_Item], create: bool, fail) -> list[_Item]:
+def _resolve_users(
+    db: StoreSession, sql: _Sql, items: list[_Item], create: bool, fail
+) -> list[_Item]:
     ids = sorted({it.ev.user_id for it in items})
-    found = _user_pks(sql, ids)
+    found = db.user_pks(sql.conn, ids)
     missing = [uid for uid in ids if uid not in found]
     gone: set[str] = set()
     if missing:
-        by_hash = {store.hasher.user_id(uid): uid for uid in missing}
-        marks = "SELECT id_hash FROM tombstones WHERE id_hash IN ({marks})"
-        gone = {by_hash[h] for (h,) in sql.select_in(marks, list(by_hash))}
+        by_hash = {db.hasher.user_id(uid): uid for uid in missing}
+        gone = {by_hash[h] for h in db.tombstoned(sql.conn, list(by_hash))}
         new = [uid for uid in missing if uid not in gone]
         if create and new:
             now = sql.ts(utcnow())
@@ -367,7 +357,7 @@ def _resolve_users(store, sql: _Sql, items: list[_Item], create: bool, fail) -> 
                 " VALUES (?,?,?,?,?,?) ON CONFLICT (user_id) DO NOTHING",
                 [(uid, sql.json({}), sql.json({}), True, now, now) for uid in new],
             )
-            found.update(_user_pks(sql, new))
+            found.update(db.user_pks(sql.conn, new))
     kept = []
     for it in items:
         pk = found.get(it.ev.user_id)

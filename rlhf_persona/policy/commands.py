@@ -86,8 +86,8 @@ def _cards(cfg, segmenter: Path | None) -> dict[int, str]:
 
 def _reward_fn(path: Path):
     from rlhf_persona.errors import UserError
-    from rlhf_persona.feedback.chat.serving import load_reward, reward_kind
     from rlhf_persona.reward import make_reward_fn
+    from rlhf_persona.serving.policy import load_reward, reward_kind
 
     if not path.is_dir() or reward_kind(path) is None:
         raise UserError(f"--reward {path}: not a saved reward model folder")

@@ -233,7 +233,7 @@ def _train_job(
     # Only the trained adapter: TRL may add a frozen "ref" copy when warm-starting.
     if distributed.is_main():  # every process holds the same weights (DDP)
         trainer.model.save_pretrained(str(out), selected_adapters=["default"])
-        tokenizer.save_pretrained(str(out))  # with its chat template: the folder serves on its own
+        tokenizer.save_pretrained(str(out))  # with its chat template: the folder serves alone
         fix_base_reference(out, job.base_model)
     info = AdapterInfo(
         name=job.name,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
+from rlhf_persona.api.testing import ServiceProcess
 from rlhf_persona.feedback.store import FeedbackStore
-from rlhf_persona.feedback.testing import ServiceProcess
 
 os.environ.setdefault("RLHF_PERSONA_QUIET_DEV_KEY", "1")
 HASH_KEY = "collection-test-key"

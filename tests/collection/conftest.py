@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from collection_helpers import CHAT_ENV, HASH_KEY, make_db, persona_registry, warm_up
 
+from rlhf_persona.api.testing import ServiceProcess
 from rlhf_persona.feedback.store import FeedbackStore
-from rlhf_persona.feedback.testing import ServiceProcess
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from rlhf_persona.feedback.service import create_app
+from rlhf_persona.api import create_app
 
 EXAMPLES = 12
 SPEC = create_app().openapi()  # the app is built, not started: no database, no model

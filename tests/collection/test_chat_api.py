@@ -10,8 +10,8 @@ import httpx
 import pytest
 from collection_helpers import HASH_KEY
 
-from rlhf_persona.feedback.chat.tokens import mint_token, token_key
 from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.serving.tokens import mint_token, token_key
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ import pytest
 from collection_helpers import CHAT_ENV, HASH_KEY, make_db, persona_registry, warm_up
 from typer.testing import CliRunner
 
+from rlhf_persona.api.testing import ServiceProcess
 from rlhf_persona.cli import app
 from rlhf_persona.errors import UserError
-from rlhf_persona.feedback.chat.commands import chat_env
-from rlhf_persona.feedback.chat.serving import ChatPolicy, load_reward, reward_kind
-from rlhf_persona.feedback.chat.settings import ChatSettings
 from rlhf_persona.feedback.store import FeedbackStore
-from rlhf_persona.feedback.testing import ServiceProcess
+from rlhf_persona.serving.commands import chat_env
+from rlhf_persona.serving.policy import ChatPolicy, load_reward, reward_kind
+from rlhf_persona.serving.settings import ChatSettings
 
 PROMPT = "Any tips for cooking rice?"
 #: Everyone prefers short replies; ann (segment 1) prefers long, emoji-rich ones.

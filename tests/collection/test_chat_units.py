@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from rlhf_persona.cli import app
 from rlhf_persona.errors import UserError
-from rlhf_persona.feedback.chat.batcher import MicroBatcher
-from rlhf_persona.feedback.chat.commands import chat_env
-from rlhf_persona.feedback.chat.serving import REASON_TAGS
-from rlhf_persona.feedback.chat.tokens import TokenError, mint_token, token_key, verify_token
 from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.serving.batcher import MicroBatcher
+from rlhf_persona.serving.commands import chat_env
+from rlhf_persona.serving.policy import REASON_TAGS
+from rlhf_persona.serving.tokens import TokenError, mint_token, token_key, verify_token
 
 
 def test_tokens_carry_their_user_and_expire():
@@ -114,7 +114,7 @@ def test_micro_batcher_serves_users_round_robin():
 
 
 def test_chat_limiter_per_token_inflight_rate_and_global_cap():
-    from rlhf_persona.feedback.chat.limits import ChatLimiter, RateLimited
+    from rlhf_persona.serving.limits import ChatLimiter, RateLimited
 
     now = [0.0]
     limiter = ChatLimiter(max_inflight=4, token_max_inflight=2, token_rate_per_min=6,
@@ -138,7 +138,7 @@ def test_chat_limiter_per_token_inflight_rate_and_global_cap():
 
 
 def test_tokens_have_a_maximum_lifetime():
-    from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
+    from rlhf_persona.serving.tokens import MAX_TTL_S
 
     key = token_key("secret-of-16-chars")
     with pytest.raises(ValueError, match="ttl_s"):
@@ -210,9 +210,9 @@ def test_put_replies_stores_a_batch_in_one_go_and_refuses_it_whole(tmp_path):
 def test_chat_answers_503_when_the_policy_cannot_load_and_feedback_still_works(tmp_path):
     from fastapi.testclient import TestClient
 
-    from rlhf_persona.feedback.chat.settings import ChatSettings
-    from rlhf_persona.feedback.service import ServiceSettings, create_app
+    from rlhf_persona.api import ServiceSettings, create_app
     from rlhf_persona.feedback.store import FeedbackStore
+    from rlhf_persona.serving.settings import ChatSettings
 
     with FeedbackStore(tmp_path / "f.db") as store:
         key = store.create_api_key("collector")

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 from collection_helpers import HASH_KEY, descendants, make_db, warm_up
 
-from rlhf_persona.feedback.chat.traffic import TrafficReport, run_traffic_async
-from rlhf_persona.feedback.testing import ServiceProcess
+from rlhf_persona.api.testing import ServiceProcess
+from rlhf_persona.serving.traffic import TrafficReport, run_traffic_async
 
 
 def _stored_event_counts(db, event_ids) -> Counter:

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from rlhf_persona import __version__
 from rlhf_persona.cli import app
-from rlhf_persona.feedback.chat.tokens import token_key, verify_token
 from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.serving.tokens import token_key, verify_token
 
 REPO = Path(__file__).resolve().parents[2]
 

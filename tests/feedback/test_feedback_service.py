@@ -9,8 +9,8 @@ import httpx
 import pytest
 from feedback_helpers import HASH_KEY, event
 
+from rlhf_persona.api.testing import ServiceProcess
 from rlhf_persona.feedback.store import FeedbackStore
-from rlhf_persona.feedback.testing import ServiceProcess
 
 MAX_BODY = 64 * 1024
 
@@ -300,7 +300,7 @@ def test_served_worker_collects_cycles_less_often(tmp_path, monkeypatch):
     gen-0 threshold (the cycle collector was a tenth of the batch path's CPU)."""
     import gc
 
-    from rlhf_persona.feedback.service.app import GC_THRESHOLDS, app_from_env
+    from rlhf_persona.api.app import GC_THRESHOLDS, app_from_env
 
     monkeypatch.setenv("RLHF_PERSONA_DATABASE_URL", f"sqlite:///{tmp_path / 'f.db'}")
     monkeypatch.setenv("RLHF_PERSONA_HASH_KEY", HASH_KEY)
@@ -320,7 +320,7 @@ def test_writer_parses_on_its_thread_and_answers_a_bad_batch_alone(sqlite_store)
     with it is stored."""
     import threading
 
-    from rlhf_persona.feedback.service.writer import BatchingWriter
+    from rlhf_persona.api.writer import BatchingWriter
 
     sqlite_store.upsert_user("alice")
     writer = BatchingWriter(sqlite_store)
@@ -390,7 +390,7 @@ def test_cursors_out_of_range_are_422_not_500(reader):
 def test_chat_tokens_have_a_maximum_lifetime_and_die_with_their_user(client, service,
                                                                     admin_headers):  # fmt: skip
     """No chat model is needed: tokens and the session route work without one."""
-    from rlhf_persona.feedback.chat.tokens import MAX_TTL_S, mint_token, token_key
+    from rlhf_persona.serving.tokens import MAX_TTL_S, mint_token, token_key
 
     _user(client, "svc-tok")
     key = token_key(None, HASH_KEY)
@@ -436,9 +436,9 @@ def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path, monk
     import subprocess
     import sys
 
+    from rlhf_persona.api.app import app_from_env
+    from rlhf_persona.api.startup import check_secrets
     from rlhf_persona.errors import UserError
-    from rlhf_persona.feedback.service.app import app_from_env
-    from rlhf_persona.feedback.service.startup import check_secrets
 
     cases = [
         (None, None, False, "RLHF_PERSONA_HASH_KEY is not set"),
@@ -458,7 +458,7 @@ def test_serve_refuses_the_development_key_unless_dev_on_loopback(tmp_path, monk
     with pytest.raises(UserError, match="HASH_KEY is not set"):  # each worker checks too
         app_from_env()
     # From the shell: one error line, before the store is touched; a taken port is named.
-    cmd = [sys.executable, "-m", "rlhf_persona.feedback.service", "--db", str(tmp_path / "f.db")]
+    cmd = [sys.executable, "-m", "rlhf_persona.api", "--db", str(tmp_path / "f.db")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "HASH_KEY is not set" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "f.db").exists()

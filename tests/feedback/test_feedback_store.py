@@ -16,9 +16,9 @@ from feedback_helpers import event
 from rlhf_persona.feedback import migrate
 from rlhf_persona.feedback.db import WalCheckpointer, WriteLock, make_engine
 from rlhf_persona.feedback.errors import Conflict, Gone, NotFound
-from rlhf_persona.feedback.models import metadata
 from rlhf_persona.feedback.schemas import reply_id_for
 from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.feedback.tables import metadata
 
 
 def test_migrations_upgrade_match_models_and_downgrade(db_url):

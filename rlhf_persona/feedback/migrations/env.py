@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from rlhf_persona.feedback.models import metadata
+from rlhf_persona.feedback.tables import metadata
 
 config = context.config
 

@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
+from rlhf_persona.api.deps import GRANTS, admin, collector, get_store, reader
+from rlhf_persona.api.responses import JSON
+from rlhf_persona.api.schemas import ERRORS, DeletedOut, UserOut, UserPage
 from rlhf_persona.feedback.schemas import ID_PATTERN, UserIn, UserPatch
-from rlhf_persona.feedback.service.deps import GRANTS, admin, collector, get_store, reader
-from rlhf_persona.feedback.service.models import ERRORS, DeletedOut, UserOut, UserPage
-from rlhf_persona.feedback.service.responses import JSON
 from rlhf_persona.feedback.store import FeedbackStore
 
 router = APIRouter(prefix="/users", tags=["users"], responses=ERRORS)

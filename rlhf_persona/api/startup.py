@@ -16,11 +16,10 @@ import errno
 import ipaddress
 import os
 import socket
-import threading
-import time
 
 from rlhf_persona.errors import UserError
 from rlhf_persona.feedback.privacy import DEV_HASH_KEY, HASH_KEY_ENV
+from rlhf_persona.serving.worker import exit_with_parent
 
 MIN_SECRET_CHARS = 16
 DEV_ENV = "RLHF_PERSONA_DEV"
@@ -83,19 +82,6 @@ def check_port_free(host: str, port: int) -> None:
                 f"its worker processes may still hold it; `ss -ltnp 'sport = :{port}'` shows "
                 "which process (stop it, or pick another --port)."
             ) from None
-
-
-def exit_with_parent(parent: int, interval_s: float = 0.5) -> None:
-    """Exit this process (at once, without cleanup) when ``parent`` is no longer its parent:
-    a thread polls ``getppid``, which also works where ``PR_SET_PDEATHSIG`` is unavailable."""
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:  # re-parented: the parent is gone
-                os._exit(0)
-            time.sleep(interval_s)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def watch_supervisor() -> None:

@@ -4,7 +4,7 @@ mounts under ``/v1``; a new module (e.g. chat) adds its router there or is passe
 
 from __future__ import annotations
 
-from rlhf_persona.feedback.service.routes import (
+from rlhf_persona.api.routes import (
     admin,
     chat,
     docs,

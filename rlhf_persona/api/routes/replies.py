@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from starlette.concurrency import run_in_threadpool
 
+from rlhf_persona.api.deps import collector, get_store, reader
+from rlhf_persona.api.responses import JSON
+from rlhf_persona.api.schemas import ERRORS, ReplyOut
 from rlhf_persona.feedback.schemas import ID_PATTERN, ReplyIn
-from rlhf_persona.feedback.service.deps import collector, get_store, reader
-from rlhf_persona.feedback.service.models import ERRORS, ReplyOut
-from rlhf_persona.feedback.service.responses import JSON
 from rlhf_persona.feedback.store import FeedbackStore
 
 router = APIRouter(prefix="/replies", tags=["replies"], responses=ERRORS)

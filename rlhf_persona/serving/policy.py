@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_persona.errors import UserError
-from rlhf_persona.feedback.chat.settings import ChatSettings
+from rlhf_persona.serving.settings import ChatSettings
 
 log = logging.getLogger("rlhf_persona.chat")
 GLOBAL = "global"  # the serving key of users without a segment (policy.registry.GLOBAL)

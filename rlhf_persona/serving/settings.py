@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
+from rlhf_persona.serving.tokens import MAX_TTL_S
 
 ENV_PREFIX = "RLHF_PERSONA_CHAT_"
 

@@ -19,8 +19,8 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from rlhf_persona.feedback.service.settings import ServiceSettings
-from rlhf_persona.feedback.service.writer import BatchingWriter
+from rlhf_persona.api.settings import ServiceSettings
+from rlhf_persona.api.writer import BatchingWriter
 from rlhf_persona.feedback.store import FeedbackStore
 
 GRANTS = {"collector": {"collector"}, "reader": {"reader"},

@@ -1,4 +1,4 @@
-"""The chat page: static HTML + JS + CSS from ``rlhf_persona/feedback/web/`` (no build step).
+"""The chat page: static HTML + JS + CSS from ``rlhf_persona/serving/web/`` (no build step).
 
 ``GET /chat?token=...`` serves the page; the script keeps the token in sessionStorage, removes it
 from the address bar and talks to ``/v1/chat/*`` with it. Strict headers: no referrer (the token
@@ -26,7 +26,7 @@ HEADERS = {
 
 @cache
 def _read(name: str) -> bytes:
-    return resources.files("rlhf_persona.feedback").joinpath("web", name).read_bytes()
+    return resources.files("rlhf_persona.serving").joinpath("web", name).read_bytes()
 
 
 @router.get("/chat")

@@ -28,13 +28,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from rlhf_persona.feedback.chat.serving import REASON_TAGS
-from rlhf_persona.feedback.chat.settings import ChatSettings
-from rlhf_persona.feedback.chat.tokens import TokenError, mint_token, verify_token
-from rlhf_persona.feedback.errors import Gone, NotFound, StoreError
-from rlhf_persona.feedback.privacy import mask_pii
-from rlhf_persona.feedback.schemas import FeedbackEventIn
-from rlhf_persona.feedback.service.chat_models import (
+from rlhf_persona.api.chat_schemas import (
     ChatFeedbackIn,
     ChatIn,
     ChatOut,
@@ -42,12 +36,18 @@ from rlhf_persona.feedback.service.chat_models import (
     TokenIn,
     TokenOut,
 )
-from rlhf_persona.feedback.service.chat_state import ChatState
-from rlhf_persona.feedback.service.deps import api_key_header, check_role, collector, get_store
-from rlhf_persona.feedback.service.models import ERRORS, EventResultOut
-from rlhf_persona.feedback.service.responses import JSON, error_body
-from rlhf_persona.feedback.service.routes.feedback import SUCCESS_STATUS
+from rlhf_persona.api.chat_state import ChatState
+from rlhf_persona.api.deps import api_key_header, check_role, collector, get_store
+from rlhf_persona.api.responses import JSON, error_body
+from rlhf_persona.api.routes.feedback import SUCCESS_STATUS
+from rlhf_persona.api.schemas import ERRORS, EventResultOut
+from rlhf_persona.feedback.errors import Gone, NotFound, StoreError
+from rlhf_persona.feedback.privacy import mask_pii
+from rlhf_persona.feedback.schemas import FeedbackEventIn
 from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.serving.policy import REASON_TAGS
+from rlhf_persona.serving.settings import ChatSettings
+from rlhf_persona.serving.tokens import TokenError, mint_token, verify_token
 
 log = logging.getLogger("rlhf_persona.chat")
 bearer = HTTPBearer(auto_error=False, description="Per-user chat token (from /v1/chat/tokens).")

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
 from rlhf_persona.feedback.schemas import Ident, Tag, Text
+from rlhf_persona.serving.tokens import MAX_TTL_S
 
 
 class _In(BaseModel):

@@ -1,6 +1,6 @@
 """Commands of live feedback collection: ``simulate-traffic`` and ``chat-link``.
 
-The ``serve`` command (``feedback/commands.py``) takes the chat's policy options
+The ``serve`` command (``rlhf_persona/api/commands.py``) takes the chat's policy options
 (``--policy``, ``--policy-registry``, ``--ab-share``, ``--best-of-n``, ``--best-of-n-reward``)
 through ``chat_env``.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from rlhf_persona.errors import UserError
-from rlhf_persona.feedback.chat.tokens import MAX_TTL_S
+from rlhf_persona.serving.tokens import MAX_TTL_S
 
 
 def chat_env(
@@ -26,8 +26,8 @@ def chat_env(
 ) -> dict[str, str]:
     """``serve``'s chat options as ``RLHF_PERSONA_CHAT_*`` variables for the app factory;
     checks the registry and reward folders first so a typo fails before the service starts."""
-    from rlhf_persona.feedback.chat.serving import check_best_of_n, check_registry
-    from rlhf_persona.feedback.chat.settings import ENV_PREFIX
+    from rlhf_persona.serving.policy import check_best_of_n, check_registry
+    from rlhf_persona.serving.settings import ENV_PREFIX
 
     check_registry(policy_registry)
     check_best_of_n(1 if best_of_n is None else best_of_n, best_of_n_reward)
@@ -70,7 +70,7 @@ def simulate_traffic(
 ) -> None:
     """Play simulated users against a running service over HTTP: create them, chat, then give
     feedback per the population's channel mix; print what was sent and the answers."""
-    from rlhf_persona.feedback.chat.traffic import run_traffic
+    from rlhf_persona.serving.traffic import run_traffic
 
     if not url.startswith(("http://", "https://")):
         raise UserError(f"--url {url!r}: expected http://HOST:PORT")
@@ -116,9 +116,9 @@ def chat_link(
     uses: RLHF_PERSONA_CHAT_TOKEN_SECRET, else derived from RLHF_PERSONA_HASH_KEY)."""
     import os
 
-    from rlhf_persona.feedback.chat.tokens import mint_token, token_key
     from rlhf_persona.feedback.db import resolve_url
     from rlhf_persona.feedback.store import FeedbackStore
+    from rlhf_persona.serving.tokens import mint_token, token_key
 
     with FeedbackStore(resolve_url(db), must_exist=True) as store:
         user_id = store.find_user(user_id)["user_id"]  # a clear error for unknown / deleted

@@ -10,10 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from rlhf_persona.feedback.chat.limits import RateLimited
+from rlhf_persona.api.responses import JSON, error_body
 from rlhf_persona.feedback.errors import StoreError
 from rlhf_persona.feedback.schemas import describe_errors
-from rlhf_persona.feedback.service.responses import JSON, error_body
+from rlhf_persona.serving.limits import RateLimited
 
 log = logging.getLogger("rlhf_persona.service")
 

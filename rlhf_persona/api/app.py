@@ -3,7 +3,7 @@ factory uvicorn runs (``rlhf-persona serve``).
 
 Layout (as in FastAPI's full-stack template): ``settings`` (pydantic-settings), ``deps``
 (store, writer, API-key roles), ``routes/`` (one module per resource, mounted under ``/v1``),
-``models`` (response shapes), ``errors`` (every error as JSON naming the field), ``middleware``
+``schemas`` (response shapes), ``errors`` (every error as JSON naming the field), ``middleware``
 (request size limit), ``writer`` (group commit). To add an endpoint module (e.g. chat), write a
 router in ``routes/`` and append it to ``routes.ROUTERS``, or pass it in ``routers=[...]``.
 """
@@ -18,14 +18,14 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
+from rlhf_persona.api import errors, startup
+from rlhf_persona.api.deps import ApiKeys
+from rlhf_persona.api.middleware import BodySizeLimit
+from rlhf_persona.api.responses import JSON
+from rlhf_persona.api.settings import ServiceSettings
+from rlhf_persona.api.writer import BatchingWriter
 from rlhf_persona.feedback.db import WalCheckpointer
 from rlhf_persona.feedback.schemas import FeedbackEventIn
-from rlhf_persona.feedback.service import errors, startup
-from rlhf_persona.feedback.service.deps import ApiKeys
-from rlhf_persona.feedback.service.middleware import BodySizeLimit
-from rlhf_persona.feedback.service.responses import JSON
-from rlhf_persona.feedback.service.settings import ServiceSettings
-from rlhf_persona.feedback.service.writer import BatchingWriter
 from rlhf_persona.feedback.store import FeedbackStore
 
 API_PREFIX = "/v1"
@@ -38,7 +38,7 @@ def create_app(
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """Build the service. The store is opened (and migrated) at startup unless given."""
-    from rlhf_persona.feedback.service.routes import PAGES, ROUTERS
+    from rlhf_persona.api.routes import PAGES, ROUTERS
 
     settings = settings or ServiceSettings()
 

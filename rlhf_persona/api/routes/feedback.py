@@ -17,10 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from rlhf_persona.api.deps import check_role, get_store, reader
+from rlhf_persona.api.responses import JSON, error_body
+from rlhf_persona.api.schemas import ERRORS, BatchOut, EventPage, EventResultOut
 from rlhf_persona.feedback.schemas import ID_PATTERN, FeedbackEventIn
-from rlhf_persona.feedback.service.deps import check_role, get_store, reader
-from rlhf_persona.feedback.service.models import ERRORS, BatchOut, EventPage, EventResultOut
-from rlhf_persona.feedback.service.responses import JSON, error_body
 from rlhf_persona.feedback.store import FeedbackStore
 
 router = APIRouter(prefix="/feedback", tags=["feedback"], responses=ERRORS)

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the feedback store (the schema the Alembic migrations create).
+"""SQLAlchemy 2 tables of the feedback store (the schema the Alembic migrations create).
 
 Tables:
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
 
+from rlhf_persona.api.deps import admin, get_store
+from rlhf_persona.api.responses import JSON
+from rlhf_persona.api.schemas import ERRORS
 from rlhf_persona.feedback.export import export
-from rlhf_persona.feedback.service.deps import admin, get_store
-from rlhf_persona.feedback.service.models import ERRORS
-from rlhf_persona.feedback.service.responses import JSON
 from rlhf_persona.feedback.store import FeedbackStore
 
 router = APIRouter(tags=["admin"], responses=ERRORS)

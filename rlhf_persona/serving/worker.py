@@ -22,17 +22,30 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request, check_settings
-from rlhf_persona.feedback.chat.settings import ChatSettings
-from rlhf_persona.feedback.service.startup import exit_with_parent
+from rlhf_persona.serving.policy import ChatPolicy, Generated, Request, check_settings
+from rlhf_persona.serving.settings import ChatSettings
 
 log = logging.getLogger("rlhf_persona.chat")
 _POLICY: ChatPolicy | None = None  # the child's policy
+
+
+def exit_with_parent(parent: int, interval_s: float = 0.5) -> None:
+    """Exit this process (at once, without cleanup) when ``parent`` is no longer its parent:
+    a thread polls ``getppid``, which also works where ``PR_SET_PDEATHSIG`` is unavailable."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:  # re-parented: the parent is gone
+                os._exit(0)
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _init_child(settings: dict[str, Any], cache_dir: str | None, parent: int) -> None:

@@ -16,14 +16,14 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from rlhf_persona.feedback.chat.batcher import MicroBatcher
-from rlhf_persona.feedback.chat.limits import ChatLimiter
-from rlhf_persona.feedback.chat.serving import ChatPolicy, Generated, Request
-from rlhf_persona.feedback.chat.settings import ChatSettings
-from rlhf_persona.feedback.chat.tokens import token_key
-from rlhf_persona.feedback.chat.worker import ProcessPolicy
 from rlhf_persona.feedback.errors import StoreError
 from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.serving.batcher import MicroBatcher
+from rlhf_persona.serving.limits import ChatLimiter
+from rlhf_persona.serving.policy import ChatPolicy, Generated, Request
+from rlhf_persona.serving.settings import ChatSettings
+from rlhf_persona.serving.tokens import token_key
+from rlhf_persona.serving.worker import ProcessPolicy
 
 log = logging.getLogger("rlhf_persona.chat")
 MAX_CACHED_USERS = 50_000

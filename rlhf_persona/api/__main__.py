@@ -1,12 +1,12 @@
-"""``python -m rlhf_persona.feedback.service --db URL --port N``: the ``serve`` command without
+"""``python -m rlhf_persona.api --db URL --port N``: the ``serve`` command without
 loading the rest of the CLI (faster start for tests and benchmarks)."""
 
 import sys
 
 import typer
 
+from rlhf_persona.api.commands import serve
 from rlhf_persona.errors import UserError
-from rlhf_persona.feedback.commands import serve
 
 if __name__ == "__main__":
     app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
