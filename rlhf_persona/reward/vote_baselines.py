@@ -18,9 +18,17 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.linear_model import Ridge
 
-from rlhf_persona.reward.vote_models import counts, cv_pick, fit_groups
+from rlhf_persona.reward.vote_models import (
+    counts,
+    cv_pick,
+    fit_groups,
+    softplus,
+    validation_mask,
+)
 
-RIDGE_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+BIAS_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+
+RIDGE_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 KNN_GRID = (5, 10, 20, 50, 100)
 PRIOR_WEIGHT = 2.0  # pseudo-votes pulling a sparse item / cluster mean toward its prior
 
@@ -52,10 +60,20 @@ def item_prior(train, ridge: np.ndarray) -> np.ndarray:
     return (pos - neg + PRIOR_WEIGHT * np.clip(ridge, -1, 1)) / (pos + neg + PRIOR_WEIGHT)
 
 
-def user_intercept(train, global_logit_train: np.ndarray, lam: float = 1.0) -> np.ndarray:
-    """Per-user MAP intercept on top of the global level (the user's agree-bias)."""
+def user_intercept(train, global_logit: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    """Per-user MAP intercept on top of the global level (the user's agree-bias), its prior
+    strength picked on a validation share of the votes; (intercepts, strength)."""
+    val = validation_mask(train, seed)
     x = np.ones((len(train), 1))
-    return fit_groups(train.user, x, train.y, global_logit_train, lam, train.n_users)[:, 0]
+
+    def fit(rows, lam):
+        return fit_groups(train.user[rows], x[rows], train.y[rows], global_logit[rows], lam,
+                          train.n_users)[:, 0]  # fmt: skip
+
+    loss = {lam: float(softplus(-train.y[val] * (global_logit[val] + fit(~val, lam)[train.user[val]])).sum())
+            for lam in BIAS_GRID}  # fmt: skip
+    lam = min(loss, key=loss.get)
+    return fit(np.ones(len(train), bool), lam), lam
 
 
 def vote_matrix_csr(train) -> sp.csr_matrix:

@@ -28,6 +28,8 @@ from rlhf_persona.reward.vote_models import (
     GlobalVoteModel,
     SegmentVoteModel,
     UserFactorModel,
+    softplus,
+    validation_mask,
     vote_folds,
 )
 from rlhf_persona.reward.votes import VoteData, split_votes
@@ -56,9 +58,9 @@ def choose_behaviour(votes: VoteData, behaviour: str) -> tuple[str, str]:
 
 
 def segment_users(train: VoteData, profiles: list[dict], option: str, mode: str,
-                  k: int | None, seed: int) -> np.ndarray | str:  # fmt: skip
-    """Segment id per user (index of ``train.user_ids``) fit on training votes, or the reason
-    the option is unavailable."""
+                  k: int | None, seed: int, k_range=(2, 8)):  # fmt: skip
+    """Candidate segmentations fit on training votes: ``{k: segment id per user}`` (one entry
+    when ``k`` is set, else one per k in ``k_range``), or the reason the option is unavailable."""
     from rlhf_persona.segmentation import Segmenter
     from rlhf_persona.segmentation.data import user_table_from_events
     from rlhf_persona.segmentation.features import UserTable, vote_matrix
@@ -73,15 +75,45 @@ def segment_users(train: VoteData, profiles: list[dict], option: str, mode: str,
     else:
         users = [{"user_id": u, "profile": p} for u, p in zip(train.user_ids, profiles, strict=True)]
         table = user_table_from_events(users, train.events(), behaviour="features")
-    seg = Segmenter(k=k, features=option, min_feedback=7 if mode == "items" else 1,
-                    random_state=seed).fit(table)  # fmt: skip
-    return np.asarray(seg.assign(table)[0], dtype=np.int64)
+    out = {}
+    for kk in [k] if k else range(k_range[0], k_range[1] + 1):
+        try:
+            seg = Segmenter(k=kk, features=option, min_feedback=7 if mode == "items" else 1,
+                            random_state=seed).fit(table)  # fmt: skip
+        except UserError as exc:  # too few users for this k
+            log.info("segmentation k=%s: %s", kk, exc)
+            continue
+        out[kk] = np.asarray(seg.assign(table)[0], dtype=np.int64)
+    return out or "unavailable: too few users with feedback to form segments"
+
+
+def fit_segment_level(glob, train, segment_args: tuple, item_x, folds, seed: int):
+    """The segment level with k chosen by validation: segmentations and segment models fit
+    without a validation share of the training votes, the k whose model predicts those votes
+    best wins (k = how well segments predict votes, not a silhouette); then refit on all."""
+    val = validation_mask(train, seed)
+    fit_part, held = train.subset(~val), train.subset(val)
+    candidates = segment_users(fit_part, *segment_args)
+    if isinstance(candidates, str):
+        return candidates
+    losses = {}
+    for kk, seg in candidates.items():
+        model = SegmentVoteModel(glob).fit(fit_part, seg, item_x, folds[~val])
+        z = model.logit(held.user, held.item)
+        losses[kk] = round(float(softplus(-held.y * z).sum()), 1)
+    best = min(losses, key=losses.get)
+    profiles, option, mode, _, seed_ = segment_args
+    seg = segment_users(train, profiles, option, mode, best, seed_)
+    if isinstance(seg, str):
+        return seg
+    seg = seg[best]
+    return SegmentVoteModel(glob).fit(train, seg, item_x, folds), seg, losses
 
 
 def _scores_baselines(train, test, item_x, folds, global_model, seed) -> tuple[dict, dict]:
     ridge, alpha = vb.ridge_baseline(train, item_x, folds)
     prior = vb.item_prior(train, ridge)
-    bias = vb.user_intercept(train, global_model.logit(train.user, train.item))
+    bias, bias_lam = vb.user_intercept(train, global_model.logit(train.user, train.item), seed)
     cluster_score, k_pca = vb.pca_clusters(train, prior, seed)
     k_knn = _pick_knn(train, prior, seed)
     knn = vb.knn_scores(train, test.user, test.item, prior, ks=(k_knn,))[k_knn]
@@ -91,7 +123,8 @@ def _scores_baselines(train, test, item_x, folds, global_model, seed) -> tuple[d
         "pca_clusters": cluster_score(test.user, test.item),
         "knn_users": knn,
     }
-    return scores, {"ridge_alpha": alpha, "pca_k": k_pca, "knn_k": k_knn}
+    return scores, {"ridge_alpha": alpha, "intercept_shrinkage": bias_lam, "pca_k": k_pca,
+                    "knn_k": k_knn}  # fmt: skip
 
 
 def _pick_knn(train: VoteData, prior: np.ndarray, seed: int) -> int:
@@ -142,11 +175,12 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
     }  # fmt: skip
     for option in options:
         step(f"segmentation {option!r} ({mode}) + segment and user levels")
-        seg = segment_users(train, profiles, option, mode, k, seed)
-        if isinstance(seg, str):
-            report["segmentations"][option] = seg
+        fitted = fit_segment_level(glob, train, (profiles, option, mode, k, seed), item_x,
+                                   folds, seed)  # fmt: skip
+        if isinstance(fitted, str):
+            report["segmentations"][option] = fitted
             continue
-        segment = SegmentVoteModel(glob).fit(train, seg, item_x, folds)
+        segment, seg, k_losses = fitted
         user = UserFactorModel(segment, rank=rank, seed=seed).fit(train, item_x)
         scores = {"global": glob.logit(test.user, test.item),
                   "segment": segment.logit(test.user, test.item),
@@ -158,7 +192,8 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
             **accs, "diffs": diffs, "k": int(len(np.unique(seg))),
             "per_segment": per_seg,
             "worst_segment": {lvl: min(v.values()) for lvl, v in per_seg.items()},
-            "params": {"segment": segment.params(), "user": user.params()},
+            "params": {"segment": segment.params() | {"val_loss_by_k": k_losses},
+                       "user": user.params()},
         }  # fmt: skip
         report["warnings"] = warnings
     usable = [o for o in options if isinstance(report["segmentations"].get(o), dict)]

@@ -29,10 +29,11 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, Ridge
 
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # text logistic: inverse L2
+C_GRID = (1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # text logistic: inverse L2
 SHRINK_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # prior precision of intercepts, deviations
-USER_GRID = (1.0, 3.0, 10.0, 30.0)  # prior precision of user factors
-CHUNK = 100_000  # rows per block when summing per-row Hessians (bounded memory)
+USER_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # prior precision of user factors
+BIAS_GRID = (1.0, 10.0, 100.0)  # prior precision of per-user intercepts
+VALIDATION = 0.15  # share of training votes held out to pick user-level settings
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
@@ -43,9 +44,14 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _indicator(group: np.ndarray, n_groups: int) -> sp.csr_matrix:
-    n = len(group)
-    return sp.csr_matrix((np.ones(n), (group, np.arange(n))), shape=(n_groups, n))
+def group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group column sums of ``values`` rows; ``group`` must be sorted (contiguous groups)."""
+    out = np.zeros((n_groups,) + values.shape[1:])
+    if not len(group):
+        return out
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    np.add.at(out, group[starts], np.add.reduceat(values, starts, axis=0))
+    return out
 
 
 def fit_groups(group: np.ndarray, x: np.ndarray, y: np.ndarray, offset: np.ndarray,
@@ -61,23 +67,25 @@ def fit_groups(group: np.ndarray, x: np.ndarray, y: np.ndarray, offset: np.ndarr
     theta = np.zeros((n_groups, d)) if theta0 is None else theta0.copy()
     if n == 0:
         return theta
-    ind = _indicator(group, n_groups)
+    order = np.argsort(group, kind="stable")  # contiguous groups: sums by reduceat
+    group, x, y, offset = group[order], x[order], y[order], offset[order]
+    bounds = np.r_[np.flatnonzero(np.r_[True, group[1:] != group[:-1]]), n]
+    present = group[bounds[:-1]].tolist()
+    bounds = bounds.tolist()
 
     def losses(t):
         m = y * (offset + np.einsum("ij,ij->i", x, t[group]))
-        return ind @ softplus(-m) + 0.5 * (t * t) @ lam, m
+        return group_sum(group, softplus(-m), n_groups) + 0.5 * (t * t) @ lam, m
 
     cur, m = losses(theta)
     for _ in range(iters):
         s = sigmoid(-m)
-        grad = -(ind @ (x * (y * s)[:, None])) + theta * lam
-        hess = np.zeros((n_groups, d * d))
-        w = s * (1 - s)
-        for lo in range(0, n, CHUNK):
-            xs = x[lo : lo + CHUNK]
-            outer = (xs[:, :, None] * xs[:, None, :]).reshape(len(xs), d * d) * w[lo : lo + CHUNK, None]
-            hess += ind[:, lo : lo + CHUNK] @ outer
-        hess = hess.reshape(n_groups, d, d) + np.diag(lam)
+        grad = -group_sum(group, x * (y * s)[:, None], n_groups) + theta * lam
+        xw = x * (s * (1 - s))[:, None]
+        hess = np.zeros((n_groups, d, d))
+        for g, lo, hi in zip(present, bounds[:-1], bounds[1:], strict=True):
+            hess[g] = xw[lo:hi].T @ x[lo:hi]  # X_g^T W_g X_g: no (rows, d, d) temporary
+        hess += np.diag(lam)
         step = np.linalg.solve(hess, grad[:, :, None])[:, :, 0]
         rate = np.ones(n_groups)
         for _ in range(12):
@@ -89,7 +97,7 @@ def fit_groups(group: np.ndarray, x: np.ndarray, y: np.ndarray, offset: np.ndarr
             rate[worse] *= 0.5
         keep = ~worse
         theta[keep], cur[keep] = cand[keep], new[keep]
-        m = y * (offset + np.einsum("ij,ij->i", x, theta[group]))
+        m = m_new if keep.all() else y * (offset + np.einsum("ij,ij->i", x, theta[group]))
         if np.abs(step[keep] * rate[keep, None]).max(initial=0.0) < 1e-6:
             break
     return theta
@@ -120,6 +128,11 @@ def cv_pick(grid, score, votes, folds, key, n, loss=log_loss_counts):
     splits = list(fold_counts(votes, folds, key, n))
     totals = [sum(loss(score(p, tp, tn), hp, hn) for tp, tn, hp, hn in splits) for p in grid]
     return grid[int(np.argmin(totals))]
+
+
+def validation_mask(votes, seed: int, share: float = VALIDATION) -> np.ndarray:
+    """A random share of the votes (each user keeps most of theirs) for picking settings."""
+    return np.random.default_rng(seed + 7).random(len(votes)) < share
 
 
 def vote_folds(votes, k: int, seed: int, by: str = "user") -> np.ndarray:
@@ -245,70 +258,78 @@ class SegmentVoteModel:
 
 
 class UserFactorModel:
-    """Level 3 (module docstring): segment + per-user intercept + low-rank user × item factors."""
+    """Level 3 (module docstring): segment + per-user intercept + low-rank user weights over a
+    shared item basis."""
 
     def __init__(self, base, rank: int = 8, shrinkage: float | None = None,
-                 bias_shrinkage: float = 1.0, alternations: int = 8, seed: int = 0):  # fmt: skip
+                 bias_shrinkage: float | None = None, seed: int = 0):  # fmt: skip
         self.base = base
         self.rank = rank
-        self.shrinkage = shrinkage  # None: picked on a validation share of the training votes
+        self.shrinkage = shrinkage  # None (both): picked on a validation share of the votes
         self.bias_shrinkage = bias_shrinkage
-        self.alternations = alternations
         self.seed = seed
 
     def fit(self, votes, item_x: np.ndarray) -> UserFactorModel:
         self.basis_ = pca_basis(item_x, max(self.rank * 2, 16))
-        if self.shrinkage is None:
-            self.shrinkage_ = self._pick(votes)
+        lams = [self.shrinkage] if self.shrinkage else USER_GRID
+        biases = [self.bias_shrinkage] if self.bias_shrinkage else BIAS_GRID
+        if len(lams) * len(biases) > 1:
+            self.shrinkage_, self.bias_shrinkage_ = self._pick(votes, lams, biases)
         else:
-            self.shrinkage_ = self.shrinkage
+            self.shrinkage_, self.bias_shrinkage_ = lams[0], biases[0]
         self._fit(votes, self.shrinkage_)
         return self
 
     def params(self) -> dict:
         return {"rank": self.rank, "shrinkage": self.shrinkage_,
-                "bias_shrinkage": self.bias_shrinkage}  # fmt: skip
+                "bias_shrinkage": self.bias_shrinkage_}  # fmt: skip
 
-    def _pick(self, votes) -> float:
-        val = np.random.default_rng(self.seed).random(len(votes)) < 0.1
+    def _pick(self, votes, lams, biases) -> tuple[float, float]:
+        val = validation_mask(votes, self.seed)
         train, held = votes.subset(~val), votes.subset(val)
-        losses = []
-        for lam in USER_GRID:
-            self._fit(train, lam)
-            z = self.logit(held.user, held.item)
-            losses.append(float(softplus(-held.y * z).sum()))
-        return USER_GRID[int(np.argmin(losses))]
+        offset = self.base.logit(train.user, train.item)
+        self.items_ = self._item_basis(train, offset)
+        losses = {}
+        for bias in biases:
+            self.bias_shrinkage_, theta = bias, None
+            for lam in sorted(lams, reverse=True):  # strong to weak prior, warm-started
+                theta = self._users(train, offset, lam, theta)
+                self.theta_ = theta
+                z = self.logit(held.user, held.item)
+                losses[(lam, bias)] = float(softplus(-held.y * z).sum())
+        return min(losses, key=losses.get)
 
     def _prior(self, lam: float) -> np.ndarray:
-        return np.r_[self.bias_shrinkage, np.full(self.rank, lam)]
+        return np.r_[self.bias_shrinkage_, np.full(self.rank, lam)]
 
     def _fit(self, votes, lam: float) -> None:
-        n_users, n_items = votes.n_users, votes.n_items
         offset = self.base.logit(votes.user, votes.item)
-        q = self._init_items(votes, offset)
-        theta = np.zeros((n_users, self.rank + 1))
-        for _ in range(self.alternations):
-            x = np.hstack([np.ones((len(votes), 1)), q[votes.item]])
-            theta = fit_groups(votes.user, x, votes.y, offset, self._prior(lam), n_users, theta, 3)
-            q = fit_groups(votes.item, theta[votes.user, 1:], votes.y,
-                           offset + theta[votes.user, 0], lam, n_items, q, 3)  # fmt: skip
-        seen = np.bincount(votes.item, minlength=n_items) > 0
-        self.theta_, self.items_ = theta, self._text_map(q, seen)
+        self.items_ = self._item_basis(votes, offset)
+        self.theta_ = self._users(votes, offset, lam)
 
-    def _init_items(self, votes, offset: np.ndarray) -> np.ndarray:
-        """Item factors from the truncated SVD of the users × items residual (sparse)."""
-        resid = votes.y - np.tanh(0.5 * offset)
-        mat = sp.csr_matrix((resid, (votes.user, votes.item)), shape=(votes.n_users, votes.n_items))
-        k = min(self.rank, min(mat.shape) - 1)
-        if k < 1:
-            return np.zeros((votes.n_items, self.rank))
+    def _users(self, votes, offset, lam: float, theta0=None) -> np.ndarray:
+        """Every user's (b_u, p_u): a MAP logistic fit on the item basis, segment as offset."""
+        x = np.hstack([np.ones((len(votes), 1)), self.items_[votes.item]])
+        return fit_groups(votes.user, x, votes.y, offset, self._prior(lam), votes.n_users, theta0)
+
+    def _item_basis(self, votes, offset: np.ndarray) -> np.ndarray:
+        """The shared item basis ``q_i``: the top right singular vectors of the users × items
+        residual of the segment level (sparse), each scaled by its share of the residual, so
+        weaker directions are shrunk more; unseen items get a ridge map of their text's."""
         from scipy.sparse.linalg import svds
 
-        v0 = np.random.default_rng(self.seed).standard_normal(min(mat.shape))
-        _, s, vt = svds(mat, k=k, v0=v0)
+        resid = votes.y - np.tanh(0.5 * offset)
+        mat = sp.csr_matrix((resid, (votes.user, votes.item)), shape=(votes.n_users, votes.n_items))
         q = np.zeros((votes.n_items, self.rank))
-        q[:, :k] = vt.T * np.sqrt(s / max(1.0, np.sqrt(len(votes) / votes.n_items)))
-        return q
+        k = min(self.rank, min(mat.shape) - 1)
+        if k >= 1:
+            v0 = np.random.default_rng(self.seed).standard_normal(min(mat.shape))
+            _, s, vt = svds(mat, k=k, v0=v0)
+            order = np.argsort(-s)
+            s, vt = s[order], vt[order]
+            q[:, :k] = vt.T * np.sqrt(votes.n_items) * (s / max(s[0], 1e-12))
+        seen = np.bincount(votes.item, minlength=votes.n_items) > 0
+        return self._text_map(q, seen)
 
     def _text_map(self, q: np.ndarray, seen: np.ndarray) -> np.ndarray:
         """Seen items keep their factors; unseen ones get a ridge map of their text's."""
@@ -319,13 +340,10 @@ class UserFactorModel:
         return out
 
     def place(self, votes, users: np.ndarray) -> None:
-        """(Re)fit ``users``' intercepts and factors from their ``votes`` alone, items fixed:
-        new users placed from a few shots (all other users keep theirs)."""
-        rows = np.isin(votes.user, users)
-        v = votes.subset(rows)
-        x = np.hstack([np.ones((len(v), 1)), self.items_[v.item]])
-        theta = fit_groups(v.user, x, v.y, self.base.logit(v.user, v.item),
-                           self._prior(self.shrinkage_), votes.n_users)  # fmt: skip
+        """(Re)fit ``users``' intercepts and weights from their ``votes`` alone, the item basis
+        fixed: new users placed from a few shots (all other users keep theirs)."""
+        v = votes.subset(np.isin(votes.user, users))
+        theta = self._users(v, self.base.logit(v.user, v.item), self.shrinkage_)
         self.theta_[users] = theta[users]
 
     def logit(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:

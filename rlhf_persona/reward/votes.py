@@ -185,3 +185,37 @@ def _votes_within(votes: VoteData, max_gb: float, items_mode: bool) -> int:
         if need <= max_gb * 2**30:
             break
     return max(1, int(len(votes) * scale))
+
+
+# --- synthetic ---------------------------------------------------------------------------------
+
+
+def synthetic_votes(n_users: int = 2000, n_items: int = 900, n_votes: int = 225_000,
+                    rank: int = 4, segments: int = 4, dims: int = 32,
+                    seed: int = 0) -> tuple[VoteData, np.ndarray]:  # fmt: skip
+    """A vote matrix with planted low-rank user structure, and its items' "text" features.
+
+    ``logit(u, i) = a_i + b_u + p_u · q_i`` with ``p_u`` = its segment's centre + individual
+    noise (so segments, then users, carry signal), ``q_i`` item factors and ``a_i`` popularity;
+    the item features are a noisy random rotation of ``(a_i, q_i)`` (text that partly tells the
+    item's factors). Users vote on random subsets of varied size (``n_votes`` in all).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.0, (segments, rank))
+    seg = rng.integers(segments, size=n_users)
+    p = centres[seg] + rng.normal(0, 0.6, (n_users, rank))
+    b = rng.normal(0, 0.5, n_users)
+    q = rng.normal(0, 1.0, (n_items, rank))
+    a = rng.normal(0, 0.8, n_items)
+    item_x = np.hstack([a[:, None], q]) @ rng.normal(0, 1, (rank + 1, dims))
+    item_x += rng.normal(0, 1.0, item_x.shape)
+    per_user = rng.lognormal(0, 0.6, n_users)
+    per_user = np.minimum(np.maximum(5, per_user / per_user.sum() * n_votes), n_items).astype(int)
+    user = np.repeat(np.arange(n_users), per_user)
+    item = np.concatenate([rng.choice(n_items, k, replace=False) for k in per_user])
+    logit = a[item] + b[user] + np.einsum("ij,ij->i", p[user], q[item])
+    y = np.where(rng.random(len(user)) < 1 / (1 + np.exp(-logit)), 1.0, -1.0)
+    votes = VoteData(user.astype(np.int64), item.astype(np.int64), y,
+                     [f"u{i}" for i in range(n_users)], [f"statement {i}" for i in range(n_items)],
+                     ["synthetic"] * n_items, {"planted_segments": seg.tolist()})  # fmt: skip
+    return votes, item_x
