@@ -1,8 +1,8 @@
 """Global, segment and user levels on pointwise votes: each level is the one above plus shrunk terms.
 
     g = GlobalVoteModel().fit(train, item_x, folds)            # text logistic + item intercepts
-    s = SegmentVoteModel(g).fit(train, segment_of_user, folds)  # + segment text / item deviations
-    u = UserFactorModel(s).fit(train)                          # + b_u + p_u · q_i (low rank)
+    s = SegmentVoteModel(g).fit(train, seg_of_user, item_x, folds)  # + segment deviations
+    u = UserFactorModel(s).fit(train, item_x)                  # + b_u + p_u · q_i (low rank)
     u.logit(user_idx, item_idx)                                # log-odds the user agrees
 
 * **global** ``z_g(i) = w · e_i + a_i``: logistic regression on the item's text embedding ``e_i``
@@ -12,12 +12,14 @@
 * **segment** ``z_s(i) = z_g(i) + v_s · e'_i + d_{s,i}``: per segment a text deviation on the
   embedding's principal components and a per-(segment, item) deviation, both shrunk toward the
   global level (cross-validated).
-* **user** ``z_u(i) = z_s(i) + b_u + p_u · q_i``: a per-user intercept and ``rank`` user factors
-  over item factors shared by everybody (matrix factorisation with the segment as offset, fit by
-  alternating MAP steps). The Gaussian priors on ``b_u, p_u`` centre each user on their segment;
-  a user with few votes stays near it. Unseen items get ``q_i`` from a ridge map of their text
-  embedding (LoRe-style shared basis over the embedding). ``place`` fits new users from a few
-  votes with the items fixed.
+* **user** ``z_u(i) = z_s(i) + b_u + p_u · q_i``: a per-user intercept and ``rank`` per-user
+  weights over a basis of item factors shared by everybody (LoRe-style: the top singular
+  vectors of the users × items residual of the segment level, which pools all users' votes).
+  The Gaussian priors on ``b_u, p_u`` (strengths picked on validation votes) centre each user on
+  their segment; a user with few votes stays near it. Unseen items get ``q_i`` from a ridge map
+  of their text embedding. ``place`` fits new users from a few votes, the basis fixed. (Free
+  item factors fit by alternating MAP steps collapse to zero under the priors the validation
+  picks on Polis-sized data; a fixed shared basis does not.)
 
 Every fit is a batched Newton solve over groups (users, items, cells) of the vote rows
 (``fit_groups``): memory linear in the votes, no pairs.
