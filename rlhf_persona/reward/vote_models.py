@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge
 
 C_GRID = (1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # text logistic: inverse L2
 SHRINK_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # prior precision of intercepts, deviations
@@ -57,12 +57,13 @@ def group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarra
 
 
 def fit_groups(group: np.ndarray, x: np.ndarray, y: np.ndarray, offset: np.ndarray,
-               lam, n_groups: int, theta0: np.ndarray | None = None,
-               iters: int = 10) -> np.ndarray:  # fmt: skip
+               lam, n_groups: int, theta0: np.ndarray | None = None, iters: int = 10,
+               weight: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """Per group g, the MAP ``θ_g`` of ``P(y=+1) = σ(offset + θ_g · x)`` under N(0, 1/λ) priors,
     all groups at once by Newton steps with a per-group halving line search.
 
-    ``x``: (n, d) rows; ``lam``: scalar or (d,) prior precisions; returns (n_groups, d).
+    ``x``: (n, d) rows; ``lam``: scalar or (d,) prior precisions; ``weight``: per-row
+    log-likelihood weights (vote counts of aggregated rows); returns (n_groups, d).
     """
     n, d = x.shape
     lam = np.broadcast_to(np.asarray(lam, dtype=float), (d,))
@@ -71,19 +72,20 @@ def fit_groups(group: np.ndarray, x: np.ndarray, y: np.ndarray, offset: np.ndarr
         return theta
     order = np.argsort(group, kind="stable")  # contiguous groups: sums by reduceat
     group, x, y, offset = group[order], x[order], y[order], offset[order]
+    w = np.ones(n) if weight is None else np.asarray(weight, dtype=float)[order]
     bounds = np.r_[np.flatnonzero(np.r_[True, group[1:] != group[:-1]]), n]
     present = group[bounds[:-1]].tolist()
     bounds = bounds.tolist()
 
     def losses(t):
         m = y * (offset + np.einsum("ij,ij->i", x, t[group]))
-        return group_sum(group, softplus(-m), n_groups) + 0.5 * (t * t) @ lam, m
+        return group_sum(group, w * softplus(-m), n_groups) + 0.5 * (t * t) @ lam, m
 
     cur, m = losses(theta)
     for _ in range(iters):
         s = sigmoid(-m)
-        grad = -group_sum(group, x * (y * s)[:, None], n_groups) + theta * lam
-        xw = x * (s * (1 - s))[:, None]
+        grad = -group_sum(group, x * (w * y * s)[:, None], n_groups) + theta * lam
+        xw = x * (w * s * (1 - s))[:, None]
         hess = np.zeros((n_groups, d, d))
         for g, lo, hi in zip(present, bounds[:-1], bounds[1:], strict=True):
             hess[g] = xw[lo:hi].T @ x[lo:hi]  # X_g^T W_g X_g: no (rows, d, d) temporary
@@ -155,12 +157,13 @@ def _item_rows(x: np.ndarray, pos: np.ndarray, neg: np.ndarray):
 
 def text_logistic(x, pos, neg, c: float) -> np.ndarray:
     """Per-item log-odds of a logistic regression on item features, fit on vote counts."""
-    rows, labels, weight = _item_rows(x, pos, neg)
-    if len(np.unique(labels)) < 2:
-        p = (pos.sum() + 1) / (pos.sum() + neg.sum() + 2)
-        return np.full(len(x), np.log(p / (1 - p)))
-    model = LogisticRegression(C=c, max_iter=2000).fit(rows, labels, sample_weight=weight)
-    return model.decision_function(x)
+    xi = np.hstack([np.ones((len(x), 1)), x])  # intercept column (almost unpenalised)
+    rows, labels, weight = _item_rows(xi, pos, neg)
+    lam = np.r_[1e-4, np.full(x.shape[1], 1.0 / c)]  # sklearn's C: Σ loss + ‖w‖² / (2C)
+    zero = np.zeros(len(rows), dtype=np.int64)
+    theta = fit_groups(zero, rows, 2 * labels - 1, np.zeros(len(rows)), lam, 1, iters=30,
+                       weight=weight)  # fmt: skip
+    return xi @ theta[0]
 
 
 def item_intercepts(z: np.ndarray, pos, neg, lam: float, iters: int = 20) -> np.ndarray:

@@ -20,7 +20,6 @@ from rlhf_persona.errors import UserError
 
 LABEL_KINDS = ("thumbs", "rating")
 SPLITS = ("item", "user", "new_item")
-PAGE = 20_000  # events read per store query: memory stays bounded on million-event stores
 
 
 @dataclass
@@ -93,22 +92,19 @@ def votes_from_events(events, user_ids: list[str] | None = None) -> VoteData:
                     [p for p, _ in keys], {"skipped": dict(skipped)})  # fmt: skip
 
 
-def _paged_events(store, kind: str):
-    cursor = None
-    while True:
-        page, cursor = store.list_events(kind, limit=PAGE, cursor=cursor)
-        yield from page
-        if cursor is None:
-            return
-
-
 def votes_from_store(store) -> VoteData:
-    """Current thumbs and ratings of live users, read page by page; A/B choices are counted."""
-    events = (e for kind in LABEL_KINDS for e in _paged_events(store, kind))
+    """Current thumbs and ratings of live users who consented (as the preference export
+    uses them); other users' labels and A/B choices are counted in ``report["skipped"]``."""
+    rows = store.feedback_rows(LABEL_KINDS + ("pairwise",))
+    pairwise = sum(1 for r in rows if r.kind == "pairwise")
+    no_consent = sum(1 for r in rows if r.kind != "pairwise" and not r.consent)
+    events = ({"user_id": r.user_id, "kind": r.kind, "prompt": r.prompt, "reply": r.reply,
+               "value": r.value} for r in rows if r.kind != "pairwise" and r.consent)  # fmt: skip
     votes = votes_from_events(events, [str(u["user_id"]) for u in store.users()])
-    pairwise = sum(1 for _ in _paged_events(store, "pairwise"))
-    if pairwise:
-        votes.report["skipped"]["pairwise event (a choice, not a label)"] = pairwise
+    for what, count in (("pairwise event (a choice, not a label)", pairwise),
+                        ("label of a user without consent", no_consent)):  # fmt: skip
+        if count:
+            votes.report["skipped"][what] = count
     votes.report["pairwise_events"] = pairwise
     return votes
 
