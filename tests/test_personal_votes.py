@@ -135,3 +135,28 @@ def test_cli_reward_personal_on_polis(tmp_path):
     assert out.is_file()
     small = CliRunner().invoke(app, args + ["--max-gb", "0.0001"])
     assert isinstance(small.exception, UserError) and "--max-votes" in str(small.exception)
+
+
+def test_store_with_ab_choices_only_uses_sampled_pair_models(tmp_path):
+    from rlhf_persona.feedback import FeedbackStore
+    from rlhf_persona.reward.personal_eval import store_levels
+
+    store = FeedbackStore(tmp_path / "ab.db")
+    rng = np.random.default_rng(0)
+    replies = [f"Reply {i}: " + ("short." if i % 2 else "a much longer, detailed answer " * 3)
+               for i in range(12)]  # fmt: skip
+    events = []
+    for u in range(20):
+        likes_long = u % 2 == 0
+        for n in range(30):
+            a, b = rng.choice(12, 2, replace=False)
+            long_a = len(replies[a]) > len(replies[b])
+            events.append({"event_id": f"e{u}-{n}", "user_id": f"u{u}", "kind": "pairwise",
+                           "prompt": "q", "reply": replies[a], "other_reply": replies[b],
+                           "value": 1 if long_a == likes_long else -1})  # fmt: skip
+    store.record_events(events, create_users=True)
+    report = store_levels(store, split="item", options=("behaviour",), n_boot=50,
+                          encoder="embedded:tiny-test", max_pairs=400)  # fmt: skip
+    assert report["metric"].startswith("within-user pairwise")
+    assert report["notes"] and "sampled 400 of" in report["notes"][0]
+    assert report["pairs"] == 400 and report["test_pairs"] > 0

@@ -259,9 +259,17 @@ def store_levels(store, *, split: str = "item", options=("behaviour",), behaviou
     item_x = embed_cached(votes.items, encoder).astype(float)
     by_id = {str(u["user_id"]): dict(u.get("profile") or {}) for u in store.users()}
     profiles = [by_id.get(u, {}) for u in votes.user_ids]
-    report = evaluate_votes(votes, item_x, split=split, options=options, profiles=profiles,
-                            behaviour=behaviour, k=k, rank=rank, test_share=test_share,
-                            n_boot=n_boot, seed=seed, progress=step)  # fmt: skip
+    try:
+        report = evaluate_votes(votes, item_x, split=split, options=options, profiles=profiles,
+                                behaviour=behaviour, k=k, rank=rank, test_share=test_share,
+                                n_boot=n_boot, seed=seed, progress=step)  # fmt: skip
+    except MemoryError:  # the estimate was too low for this machine: the same advice
+        raise UserError(
+            f"reward personal ran out of memory on {len(votes)} votes (estimated "
+            f"{need / 2**30:.1f} GiB): sample whole users with --max-votes "
+            f"{max(1, len(votes) // 2)} or segment on reply features "
+            "(--set segmentation.behaviour=features)"
+        ) from None
     report.update(ceilings=NO_CEILINGS, skipped=votes.report.get("skipped", {}),
                   memory_estimate_mb=round(need / 2**20), notes=[note] if note else [])  # fmt: skip
     return report
