@@ -70,8 +70,24 @@ def build_synthetic_store(path: Path, users: int, items: int, votes: int, seed: 
 def _statements(n: int, seed: int) -> list[str]:
     import numpy as np
 
-    words = ("tax housing transit police schools wages parks climate health jobs rent zoning "
-             "budget safety water energy").split()  # fmt: skip
+    words = [
+        "tax",
+        "housing",
+        "transit",
+        "police",
+        "schools",
+        "wages",
+        "parks",
+        "climate",
+        "health",
+        "jobs",
+        "rent",
+        "zoning",
+        "budget",
+        "safety",
+        "water",
+        "energy",
+    ]
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(words, 6)) for _ in range(n)]
 
@@ -104,9 +120,14 @@ def scale(sizes: list[int], users: int, items: int, tmp: Path) -> dict:
         res = subprocess.run([sys.executable, __file__, "--child", str(db)], check=True,
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
         out[str(n_votes)] = json.loads(res.stdout.strip().splitlines()[-1]) | {
-            "shape": [n_users, items, n_votes], "load_after": os.getloadavg()}
-        print(f"scale {n_votes}: {out[str(n_votes)]['scale_wall_s']} s, "
-              f"{out[str(n_votes)]['scale_peak_rss_mb']} MB", flush=True)
+            "shape": [n_users, items, n_votes],
+            "load_after": os.getloadavg(),
+        }
+        print(
+            f"scale {n_votes}: {out[str(n_votes)]['scale_wall_s']} s, "
+            f"{out[str(n_votes)]['scale_peak_rss_mb']} MB",
+            flush=True,
+        )
     return out
 
 

@@ -38,8 +38,9 @@ def test_fit_groups_is_the_map_logistic_fit_per_group():
     y = np.where(rng.random(600) < 1 / (1 + np.exp(-(x @ [1.5, -1.0]))), 1.0, -1.0)
     theta = fit_groups(group, x, y, np.zeros(600), 2.0, 3, iters=30)
     for g in range(3):  # sklearn: C = 1 / λ, no intercept
-        ref = LogisticRegression(C=0.5, fit_intercept=False, tol=1e-10).fit(x[group == g],
-                                                                            y[group == g])
+        ref = LogisticRegression(C=0.5, fit_intercept=False, tol=1e-10).fit(
+            x[group == g], y[group == g]
+        )
         assert np.allclose(theta[g], ref.coef_[0], atol=1e-4)
 
 
@@ -92,7 +93,8 @@ def test_new_users_placed_from_few_shots():
 
 def test_tiny_test_set_warns_and_has_no_ci():
     events = [{"user_id": f"u{u}", "kind": "thumbs", "prompt": "q", "reply": f"s{i}",
-               "value": 1 if (u + i) % 3 else -1} for u in range(16) for i in range(12)]  # fmt: skip
+               "value": 1 if (u + i) % 3 else -1}
+              for u in range(16) for i in range(12)]  # fmt: skip
     votes = votes_from_events(events)
     item_x = np.random.default_rng(0).normal(size=(votes.n_items, 4))
     report = evaluate_votes(votes, item_x, split="item", k=2, n_boot=50)

@@ -247,8 +247,9 @@ def store_levels(store, *, split: str = "item", options=("behaviour",), behaviou
     votes = votes_from_store(store)
     if not len(votes):
         if votes.report.get("pairwise_events"):
-            return pair_levels(store, split=split, options=options, k=k, test_share=test_share,
-                               n_boot=n_boot, seed=seed, encoder=encoder, **pair_options)  # fmt: skip
+            return pair_levels(store, split=split, options=options, k=k,
+                               test_share=test_share, n_boot=n_boot, seed=seed,
+                               encoder=encoder, **pair_options)  # fmt: skip
         raise UserError(f"{store!r}: no feedback to evaluate (thumbs, ratings or A/B choices)")
     note = None
     if max_votes:

@@ -70,8 +70,11 @@ def user_intercept(train, global_logit: np.ndarray, seed: int) -> tuple[np.ndarr
         return fit_groups(train.user[rows], x[rows], train.y[rows], global_logit[rows], lam,
                           train.n_users)[:, 0]  # fmt: skip
 
-    loss = {lam: float(softplus(-train.y[val] * (global_logit[val] + fit(~val, lam)[train.user[val]])).sum())
-            for lam in BIAS_GRID}  # fmt: skip
+    def held_loss(lam):
+        z = global_logit[val] + fit(~val, lam)[train.user[val]]
+        return float(softplus(-train.y[val] * z).sum())
+
+    loss = {lam: held_loss(lam) for lam in BIAS_GRID}
     lam = min(loss, key=loss.get)
     return fit(np.ones(len(train), bool), lam), lam
 

@@ -73,7 +73,8 @@ def segment_users(train: VoteData, profiles: list[dict], option: str, mode: str,
         table = UserTable(list(train.user_ids), profiles, mat, n_fb,
                           [str(i) for i in range(train.n_items)], "items")  # fmt: skip
     else:
-        users = [{"user_id": u, "profile": p} for u, p in zip(train.user_ids, profiles, strict=True)]
+        users = [{"user_id": u, "profile": p}
+                 for u, p in zip(train.user_ids, profiles, strict=True)]  # fmt: skip
         table = user_table_from_events(users, train.events(), behaviour="features")
     out = {}
     for kk in [k] if k else range(k_range[0], k_range[1] + 1):

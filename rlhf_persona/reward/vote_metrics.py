@@ -90,8 +90,8 @@ def summarise(stats: dict[str, dict], comparisons, n_boot: int = 1000, seed: int
             out[metric][model] = entry
         for a, b in comparisons:
             d = out[metric][a]["acc"] - out[metric][b]["acc"]
-            diffs[f"{a}-{b}"][metric] = {"diff": round(d, 4),
-                                         "ci": None if small else _ci(boot[a] - boot[b])}  # fmt: skip
+            ci = None if small else _ci(boot[a] - boot[b])
+            diffs[f"{a}-{b}"][metric] = {"diff": round(d, 4), "ci": ci}
     return out, diffs, warnings
 
 

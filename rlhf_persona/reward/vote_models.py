@@ -1,4 +1,4 @@
-"""Global, segment and user levels on pointwise votes: each level is the one above plus shrunk terms.
+"""Global, segment and user levels on pointwise votes: each level = the one above + shrunk terms.
 
     g = GlobalVoteModel().fit(train, item_x, folds)            # text logistic + item intercepts
     s = SegmentVoteModel(g).fit(train, seg_of_user, item_x, folds)  # + segment deviations
@@ -31,7 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.linear_model import Ridge
 
-C_GRID = (1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # text logistic: inverse L2
+# Text logistic: inverse L2 strength (sklearn's C), picked by CV.
+C_GRID = (1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 SHRINK_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # prior precision of intercepts, deviations
 USER_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # prior precision of user factors
 BIAS_GRID = (1.0, 10.0, 100.0)  # prior precision of per-user intercepts

@@ -150,11 +150,13 @@ def estimate_bytes(n_votes: int, n_users: int, n_items: int, items_mode: bool) -
     """Peak working memory of an evaluation: per-vote arrays (indices, offsets, scores of every
     model, Newton terms), the dense users × items vote table of item-mode segmentation and the
     Polis-style PCA baseline (float64 while built), kNN similarity chunks and the embeddings."""
-    per_vote = 64 * 8  # ~64 float64 / int64 columns alive at once across models and metrics
+    per_vote = 80 * 8  # ~80 float64 / int64 columns alive at once across models and metrics
     dense = n_users * n_items * 8 * 3 if items_mode else n_users * 64 * 8
     knn = 512 * n_users * 8 * 2
     embed = n_items * 384 * 8 * 4
-    return n_votes * per_vote + dense + knn + embed + 400 * 2**20  # + libraries
+    # + libraries and the MiniLM encoder; calibrated on bench_personal: 225k votes peak 823 MB
+    # (estimate 804 MB), 1M votes of 8,889 users peak 1,458 MB (estimate 1,473 MB)
+    return n_votes * per_vote + dense + knn + embed + 600 * 2**20
 
 
 def check_memory(votes: VoteData, max_gb: float, items_mode: bool) -> int:
