@@ -77,14 +77,20 @@ def test_polis_levels_with_cis(conversation, tmp_path):
     store = FeedbackStore(tmp_path / "polis.db")
     import_polis(store, POLIS / conversation)
     report = store_levels(store, split="item", options=("profile", "behaviour"), n_boot=400)
-    print(conversation, {k: report["levels"][k] for k in ("global", "segment", "user")})
+    lv = report["levels"]
+    print(conversation, {m: {k: lv[m][k]["acc"] for k in lv[m]} for m in ("acc_vote", "acc_pair")})
     assert report["segmentations"]["profile"].startswith("unavailable")
     assert report["ceilings"].startswith("unavailable")
-    lv = report["levels"]
-    for level in ("global", "segment", "user"):
-        lo, hi = lv[level]["ci"]
-        assert lo <= lv[level]["acc"] <= hi and 0.5 < lv[level]["acc"] <= 1
-    assert lv["user-global"]["ci"][1] >= 0  # user level not worse than global beyond its CI
+    assert report["behaviour"]["mode"] == "items"  # votes on shared statements: chosen from data
+    assert not report["warnings"]
+    for metric in ("acc_vote", "acc_pair"):
+        for model in ("global", "segment", "user", "ridge", "pca_clusters", "knn_users"):
+            lo, hi = lv[metric][model]["ci"]
+            assert lo <= lv[metric][model]["acc"] <= hi and 0.6 < lv[metric][model]["acc"] <= 1
+        # Each level at least matches its simple rival within the CI of the difference.
+        for pair in ("global-ridge", "segment-pca_clusters", "user-knn_users", "user-global"):
+            assert lv["diffs"][pair][metric]["ci"][1] >= 0, (pair, metric)
+    assert lv["acc_vote"]["segment"]["acc"] > lv["acc_vote"]["global"]["acc"]
     assert set(lv["worst_segment"]) == {"global", "segment", "user"}
 
 

@@ -26,9 +26,17 @@ def personal(
     out: Path | None = typer.Option(
         None, help="JSON report (default RUN_DIR/reward/personal.json)."
     ),
+    max_votes: int | None = typer.Option(
+        None, help="Sample whole users down to this many votes (large stores)."
+    ),
+    max_gb: float = typer.Option(
+        4.0, help="Stop with advice when the estimated working memory exceeds this (GiB)."
+    ),
+    rank: int = typer.Option(8, help="User level: dimensions of the shared item basis."),
 ) -> None:
-    """Held-out accuracy of the global, segment and user levels with bootstrap 95% CIs
-    (resampling users); per-segment and worst-segment accuracy; ceilings when simulated."""
+    """Held-out per-vote and within-user pairwise accuracy of the global, segment and user
+    levels beside built-in baselines (ridge, per-user intercept, PCA vote clusters, kNN users),
+    with bootstrap 95% CIs resampling users; ceilings when simulated."""
     import json
 
     from rich.console import Console
@@ -55,13 +63,23 @@ def personal(
         from rlhf_persona.feedback import FeedbackStore
 
         store = FeedbackStore.from_config(cfg.store, cfg.run_dir, url=db, must_exist=True)
-        report = pe.store_levels(
-            store, split=split, options=tuple(options), behaviour=cfg.segmentation.behaviour,
-            shrinkage=r.user_shrinkage, k=cfg.segmentation.k, seed=cfg.run.seed,
-            encoder=cfg.models.encoder, dims=r.user_dims,
-        )  # fmt: skip
+        # The behaviour mode follows the data unless the config or --set names one.
+        seg_cfg = cfg.segmentation
+        behaviour = seg_cfg.behaviour if "behaviour" in seg_cfg.model_fields_set else "auto"
+        with Console().status("evaluating") as status:
+            report = pe.store_levels(
+                store, split=split, options=tuple(options), behaviour=behaviour,
+                shrinkage=r.user_shrinkage, k=seg_cfg.k, seed=cfg.run.seed,
+                encoder=cfg.models.encoder, dims=r.user_dims, rank=rank, max_votes=max_votes,
+                max_gb=max_gb, progress=lambda msg: status.update(msg),
+            )  # fmt: skip
     console = Console()
-    console.print_json(json.dumps(_summary(report), default=str))
+    if "acc_vote" in report.get("levels", {}):
+        from rlhf_persona.reward.personal_report import print_report
+
+        print_report(console, report)
+    else:
+        console.print_json(json.dumps(_summary(report), default=str))
     path = out or cfg.run_dir / "reward" / "personal.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, default=str))

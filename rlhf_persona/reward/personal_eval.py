@@ -8,27 +8,17 @@ Simulated (``simulate_split``; the simulator's truth gives the ceilings):
 * ``few_shot`` — new users after 0, 5, 20, 50 of their own labels: segment-only (the labels
   re-assign their segment) vs user-level (they also fit the user's residual).
 
-Any store (``store_levels``; imported Polis votes, a live chatbot's feedback...): pairs from the
-preference export (Polis: each participant's agree vs disagree statements), a held-out split
+Any store (``store_levels``; imported Polis votes, a live chatbot's thumbs...): the store's
+single-reply labels as pointwise votes (``reward/votes.py``), a held-out split (``item``: a share
+of each user's own votes; ``user``: held-out users keep half their votes as shots; ``new_item``:
+statements unseen by everyone), the levels of ``reward/vote_models.py`` against the baselines of
+``reward/vote_baselines.py``, per-vote and within-user pairwise accuracy with user-resampled CIs
+(``reward/vote_eval.py``; docs/personalization.md). Memory is checked before any allocation.
 
-* ``item``: each user's votes on a share of *their* items are held out (the items themselves
-  stay known through other users' votes: Polis's "predict a participant's missing votes");
-* ``user``: a share of the users is held out; each gives half of their items as "shots"
-  (segment assignment + residual) and is tested on pairs among the other half;
-* ``new_item``: a share of the items is held out for everyone (generalisation to new
-  statements from their text alone, the hardest);
-
-test pairs have both replies among the user's held-out items and training pairs neither (a
-mixed pair would leak the user's own training vote);
-
-segments fitted on the training events only (profile / behaviour / both, side by side), and
-per-level accuracy with bootstrap 95% CIs over users (users are resampled with their pairs, as
-one user's pairs are not independent) for each level and for (segment − global),
-(user − segment), (user − global). Light models (``FeatureReward``): global and segment levels
-on the item's identity (one-hot) plus its MiniLM text embedding (PCA to ``dims``), the user
-residual on the embedding only (a user's own item identity cannot reach a held-out item).
-Imported data has no ground truth, so no ceilings: the
-report says so.
+A store with A/B choices only (no single-reply label) falls back to ``pair_levels``: the light
+pair models (``FeatureReward`` + ``UserLevelReward``) on at most ``max_pairs`` sampled pairs,
+test pairs with both replies among the user's held-out items. Imported data has no ground
+truth, so no ceilings: the report says so.
 """
 
 from __future__ import annotations
@@ -45,6 +35,8 @@ from rlhf_persona.reward.user_level import ReplyFeaturizer, UserLevelReward, as_
 log = logging.getLogger(__name__)
 LEVELS = ("global", "segment", "user")
 NO_CEILINGS = "unavailable: imported data has no ground truth (ceilings need the simulator)"
+MAX_PAIRS = 200_000  # pair_levels: pairs sampled above this (pairs grow ~ votes² per user)
+ONE_HOT_BYTES = 2 * 2**30  # pair_levels: the per-item one-hot block is dropped above this
 
 
 def _margins(model, pairs: PairData, user_level: bool = False) -> np.ndarray:
@@ -237,12 +229,61 @@ def _segment(users, events, option: str, behaviour: str, k, seed: int) -> dict[s
     return dict(zip(table.user_ids, (int(s) for s in seg.assign(table)[0]), strict=True))
 
 
-def store_levels(store, *, split: str = "item", options=("behaviour",), behaviour: str = "items",
+def store_levels(store, *, split: str = "item", options=("behaviour",), behaviour: str = "auto",
+                 k: int | None = None, test_share: float = 0.25, n_boot: int = 1000,
+                 seed: int = 0, encoder: str = "embedded:minilm", rank: int = 8,
+                 max_votes: int | None = None, max_gb: float = 4.0, progress=None,
+                 **pair_options) -> dict:  # fmt: skip
+    """Held-out global / segment / user levels against the built-in baselines on a store's
+    single-reply labels (thumbs, ratings: ``reward.vote_eval``); a store with A/B choices only
+    falls back to ``pair_levels``. ``max_votes`` samples whole users; a run that would not fit
+    in ``max_gb`` stops first with a ``UserError`` that says what to do."""
+    from rlhf_persona.reward.user_level import embed_cached
+    from rlhf_persona.reward.vote_eval import choose_behaviour, evaluate_votes
+    from rlhf_persona.reward.votes import check_memory, sample_users, votes_from_store
+
+    step = progress or log.info
+    step("reading votes from the store")
+    votes = votes_from_store(store)
+    if not len(votes):
+        if votes.report.get("pairwise_events"):
+            return pair_levels(store, split=split, options=options, k=k,
+                               test_share=test_share, n_boot=n_boot, seed=seed,
+                               encoder=encoder, **pair_options)  # fmt: skip
+        raise UserError(f"{store!r}: no feedback to evaluate (thumbs, ratings or A/B choices)")
+    note = None
+    if max_votes:
+        votes, note = sample_users(votes, max_votes, seed)
+    mode, _ = choose_behaviour(votes, behaviour)
+    need = check_memory(votes, max_gb, mode == "items")
+    step(f"embedding {votes.n_items} items ({encoder})")
+    item_x = embed_cached(votes.items, encoder).astype(float)
+    by_id = {str(u["user_id"]): dict(u.get("profile") or {}) for u in store.users()}
+    profiles = [by_id.get(u, {}) for u in votes.user_ids]
+    try:
+        report = evaluate_votes(votes, item_x, split=split, options=options, profiles=profiles,
+                                behaviour=behaviour, k=k, rank=rank, test_share=test_share,
+                                n_boot=n_boot, seed=seed, progress=step)  # fmt: skip
+    except MemoryError:  # the estimate was too low for this machine: the same advice
+        raise UserError(
+            f"reward personal ran out of memory on {len(votes)} votes (estimated "
+            f"{need / 2**30:.1f} GiB): sample whole users with --max-votes "
+            f"{max(1, len(votes) // 2)} or segment on reply features "
+            "(--set segmentation.behaviour=features)"
+        ) from None
+    report.update(ceilings=NO_CEILINGS, skipped=votes.report.get("skipped", {}),
+                  memory_estimate_mb=round(need / 2**20), notes=[note] if note else [])  # fmt: skip
+    return report
+
+
+def pair_levels(store, *, split: str = "item", options=("behaviour",), behaviour: str = "features",
                  features: str = "item_embedding", dims: int = 8, shrinkage: float = 5.0,
                  k: int | None = None, test_share: float = 0.25, n_boot: int = 1000,
                  seed: int = 0, encoder: str = "embedded:minilm",
-                 user_features: str = "embedding") -> dict:  # fmt: skip
-    """Held-out global / segment / user accuracy on a store's feedback (module docstring)."""
+                 user_features: str = "embedding", max_pairs: int = MAX_PAIRS) -> dict:  # fmt: skip
+    """Held-out pairwise accuracy of the light pair models on a store whose feedback is A/B
+    choices only (no single-reply labels for ``store_levels``); at most ``max_pairs`` pairs,
+    sampled, and without the per-item one-hot when it would not fit in memory."""
     from rlhf_persona.feedback.export import export_preference
 
     users, events = store.users(), [e for e in store.events() if e.get("reply")]
@@ -250,6 +291,15 @@ def store_levels(store, *, split: str = "item", options=("behaviour",), behaviou
         raise UserError(f"{store!r}: no feedback events with a reply to evaluate")
     dataset, _ = export_preference(store)
     pairs = pairs_from(dataset.to_pandas().to_dict("records"))  # rows: faster than Dataset columns
+    notes = []
+    if len(pairs) > max_pairs:
+        notes.append(f"sampled {max_pairs} of {len(pairs)} pairs (max_pairs)")
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
+        pairs = pairs.subset(keep)
+    n_items = len(set(pairs.chosen) | set(pairs.rejected))
+    if features == "item_embedding" and 2 * len(pairs) * n_items * 8 > ONE_HOT_BYTES:
+        notes.append(f"item one-hot of {n_items} items skipped (memory): embedding features")
+        features = "embedding"
     train_idx, test_idx, ev_train = _split_pairs(pairs, events, split, test_share, seed)
     if not len(test_idx) or not len(train_idx):
         raise UserError(f"split {split!r}: {len(train_idx)} train / {len(test_idx)} test pairs")
@@ -257,7 +307,8 @@ def store_levels(store, *, split: str = "item", options=("behaviour",), behaviou
     report: dict = {"split": split, "users": len(users), "pairs": len(pairs),
                     "train_pairs": len(train_idx), "test_pairs": len(test_idx),
                     "features": features, "user_features": user_features,
-                    "ceilings": NO_CEILINGS, "segmentations": {}}  # fmt: skip
+                    "ceilings": NO_CEILINGS, "segmentations": {}, "notes": notes,
+                    "metric": "within-user pairwise accuracy of A/B choices"}  # fmt: skip
     for option in options:
         segments = _segment(users, train_events, option, behaviour, k, seed)
         if isinstance(segments, str):
