@@ -32,13 +32,27 @@ ALGORITHMS: Registry[Algorithm] = Registry("policy algorithm", package=__name__)
 
 @dataclass(frozen=True)
 class Algorithm:
+    """What the rest of the code knows about one algorithm.
+
+    Attributes:
+        name: its ``policy.algorithm`` value and its section's key (``policy.<name>``).
+        data: ``pairs``, ``thumbs`` or ``online`` (see the module docstring).
+        config: the pydantic model of its section; ``PolicyConfig.section(name)`` returns it.
+        columns: the training rows' required columns (``segment_id`` besides).
+        format_row: ``(row, tokenizer) -> row`` of its trainer's dataset.
+        train: ``(model, tokenizer, dataset, cfg, output_dir, *, device, bf16, seed,
+            reward_fn)`` → a trainer exposing ``model`` and ``state.log_history``.
+        grouped: each step trains on whole groups of replies per prompt (GRPO, RLOO):
+            ``policy.batch_size`` must be a multiple of the section's ``num_generations``.
+    """
+
     name: str
     data: Literal["pairs", "thumbs", "online"]
     config: type[BaseModel]
     columns: tuple[str, ...]
     format_row: Callable[[dict, object], dict]
     train: Callable
-    grouped: bool = False  # each step trains on whole groups of replies per prompt
+    grouped: bool = False
 
     @property
     def online(self) -> bool:
