@@ -9,13 +9,29 @@ Each stage owns one section class here (``SegmentationConfig`` for ``segmentatio
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from rlhf_persona.errors import UserError
+from rlhf_persona.registry import registered_name
+
+# Names checked against the registries that look them up (imported when a value is validated).
+AlgorithmName = registered_name("rlhf_persona.policy.algorithms:ALGORITHMS")
+PolicyStrategyName = registered_name("rlhf_persona.policy.strategies:STRATEGIES")
+RewardStrategyName = registered_name("rlhf_persona.reward:STRATEGIES")
 
 
 class ConfigError(UserError):
@@ -136,8 +152,10 @@ class SegmentationConfig(Section):
 
 
 class RewardConfig(Section):
-    strategy: Literal["global", "prefix", "heads", "lora"] = Field(
-        "heads", description="How the reward model conditions on the segment."
+    strategy: RewardStrategyName = Field(
+        "heads",
+        description="How the reward model conditions on the segment: global, prefix, heads, "
+        "lora or a registered strategy.",
     )
     pairs_across_prompts: bool = Field(
         True,
@@ -258,11 +276,15 @@ class RewardConfig(Section):
 
 
 class PolicyConfig(Section):
-    algorithm: Literal["dpo", "kto", "grpo", "rloo", "ppo"] = Field(
-        "dpo", description="Policy optimisation algorithm."
+    algorithm: AlgorithmName = Field(
+        "dpo",
+        description="Policy optimisation algorithm: dpo, kto, grpo, rloo, ppo or a registered "
+        "one; its own keys are in the policy.<algorithm> section.",
     )
-    strategy: Literal["adapter", "prompt"] = Field(
-        "adapter", description="adapter: one LoRA per segment; prompt: persona system prompt."
+    strategy: PolicyStrategyName = Field(
+        "adapter",
+        description="adapter: one LoRA per segment; prompt: persona system prompt (or a "
+        "registered strategy).",
     )
     train_global: bool = Field(
         True, description="Also train the global baseline: one adapter on the pooled data."
@@ -280,20 +302,6 @@ class PolicyConfig(Section):
         description="AdamW's epsilon. Larger values shrink the steps that tiny gradients (a "
         "saturated loss) would otherwise still get at full learning rate.",
     )
-    sft_weight: float = Field(
-        0.0,
-        ge=0,
-        description="DPO/KTO: weight of an added negative log-likelihood of the liked replies "
-        "(chosen / thumbs-up), per token. It keeps pulling them up where the preference loss has "
-        "saturated, which stops a drift into word salad. GRPO/RLOO have no liked replies: 0.",
-    )
-    kto_loss: Literal["kto", "apo_zero_unpaired"] = Field(
-        "kto",
-        description="KTO's loss type in TRL. kto: liked replies pushed above, disliked below a "
-        "reference point z estimated from mismatched pairs in each batch (clamped at 0); "
-        "apo_zero_unpaired: the same loss with z fixed at 0, without the two forward passes "
-        "that estimate it (~45% less time per step on CPU).",
-    )
     batch_size: int = Field(
         8,
         ge=2,
@@ -305,37 +313,11 @@ class PolicyConfig(Section):
         ge=0,
         description="KL strength to the base policy (DPO/KTO β; GRPO/RLOO/PPO KL coef).",
     )
-    reference: Literal["previous", "base"] = Field(
-        "previous",
-        description="DPO/KTO reference policy when an adapter is trained further (loop."
-        "continue_adapters): previous = the adapter as it was (TRL's default; the drift from "
-        "the base adds up over rounds), base = the base model (the KL stays anchored).",
-    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
     max_length: int = Field(
         192, ge=16, description="Max tokens of prompt + reply in DPO/KTO training rows."
-    )
-    max_completion_length: int = Field(
-        40, ge=1, description="GRPO/RLOO/PPO: max tokens sampled per completion in training."
-    )
-    num_generations: int = Field(
-        4, ge=2, description="GRPO/RLOO: completions sampled per prompt (the group)."
-    )
-    temperature: float = Field(
-        1.0, gt=0, description="GRPO/RLOO/PPO: sampling temperature of the training rollouts."
-    )
-    num_iterations: int = Field(
-        1, ge=1, description="GRPO/RLOO/PPO: clipped updates per rollout batch (PPO epochs)."
-    )
-    clip_range: float = Field(
-        0.2, gt=0, description="PPO: clip range of the probability ratio and of the value."
-    )
-    vf_coef: float = Field(0.1, ge=0, description="PPO: weight of the value loss.")
-    gamma: float = Field(1.0, gt=0, le=1, description="PPO: discount per reply token.")
-    gae_lambda: float = Field(
-        0.95, ge=0, le=1, description="PPO: GAE λ (1: Monte-Carlo returns, 0: one-step TD)."
     )
     gradient_accumulation_steps: int = Field(
         1,
@@ -358,11 +340,6 @@ class PolicyConfig(Section):
         description="Recompute activations in the backward pass: less GPU memory for large "
         "models; tiny models only get slower.",
     )
-    use_vllm: bool = Field(
-        False,
-        description="GRPO/RLOO: sample training rollouts with vLLM (TRL's use_vllm, colocate "
-        "mode). Needs CUDA and the vllm package; without them, falls back to transformers.",
-    )
     warm_start_steps: int = Field(
         0,
         ge=0,
@@ -381,14 +358,75 @@ class PolicyConfig(Section):
         "listed share models.policy.",
     )
 
-    @model_validator(mode="after")
-    def _sft_weight_needs_liked_replies(self) -> PolicyConfig:
-        if self.sft_weight and self.algorithm in ("grpo", "rloo", "ppo"):
-            raise ValueError(
-                f"sft_weight applies to dpo and kto only; {self.algorithm} has no liked "
-                "replies to weigh (set it to 0)"
-            )
-        return self
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _algorithm_sections(cls, data: Any, handler):
+        """``policy.<algorithm>`` sections, validated by each registered algorithm's model, and the
+        flat keys of the older layout (``policy.kto_loss``) moved into them with a warning."""
+        if not isinstance(data, dict):
+            return handler(data)
+        from rlhf_persona.policy.algorithms import ALGORITHMS
+
+        algorithms = ALGORITHMS.items()
+        data = dict(data)
+        raw = {name: data.pop(name) for name in algorithms if name in data}
+        raw = {name: {} if v is None else v for name, v in raw.items()}
+        _move_flat_keys(data, raw, {name: a.config for name, a in algorithms.items()},
+                        set(cls.model_fields))  # fmt: skip
+        cfg = handler(data)
+        for name, algo in algorithms.items():
+            cfg._sections[name] = _section(name, algo.config, raw.get(name, {}))
+        return cfg
+
+    @model_serializer(mode="wrap")
+    def _dump_sections(self, handler, info):
+        out = handler(self)
+        for name, section in self._sections.items():
+            out[name] = section.model_dump(mode=info.mode)
+        return out
+
+    def section(self, name: str | None = None) -> BaseModel:
+        """The ``policy.<name>`` section (default: the configured algorithm's)."""
+        name = name or self.algorithm
+        if name not in self._sections:  # an algorithm registered after this config was loaded
+            from rlhf_persona.policy.algorithms import ALGORITHMS
+
+            self._sections[name] = ALGORITHMS.get(name).config()
+        return self._sections[name]
+
+
+def _move_flat_keys(data: dict, raw: dict, sections: dict[str, type[BaseModel]],
+                    common: set[str]) -> None:  # fmt: skip
+    """Move each flat key that some algorithm section declares (under its own or a legacy name)
+    into every such section, unless the section sets it itself; warn once per key."""
+    for key in [k for k in data if k not in common]:
+        targets = []
+        for name, model in sections.items():
+            field = getattr(model, "legacy_names", {}).get(key, key)
+            if field in model.model_fields:
+                targets.append((name, field))
+        if not targets:
+            continue  # an unknown key: pydantic reports it
+        value = data.pop(key)
+        for name, field in targets:
+            section = raw.setdefault(name, {})
+            if isinstance(section, dict):
+                section.setdefault(field, value)
+        where = ", ".join(f"policy.{name}.{field}" for name, field in targets)
+        warnings.warn(f"policy.{key} is deprecated: set {where} instead", FutureWarning,
+                      stacklevel=2)  # fmt: skip
+
+
+def _section(name: str, model: type[BaseModel], value: Any) -> BaseModel:
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:  # one error naming each key: policy.NAME.KEY: why
+        problems = "\n".join(f"{name}.{line.strip()}" for line in _error_lines(err))
+        raise PydanticCustomError("section", "{problems}", {"problems": problems}) from None
 
 
 class LoopConfig(Section):
@@ -483,16 +521,23 @@ class ExperimentConfig(Section):
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid config"]
+    return "\n".join([f"{source}: invalid config", *_error_lines(err)])
+
+
+def _error_lines(err: ValidationError) -> list[str]:
+    lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif e["type"] == "section":  # policy.<algorithm>: its lines already name their keys
+            lines.extend(f"  {key}.{line}" for line in e["msg"].splitlines())
         else:
             got = e.get("input")
             got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {key}: {e['msg']}{got_txt}")
-    return "\n".join(lines)
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {msg}{got_txt}")
+    return lines
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -560,4 +605,9 @@ def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "")
         default = field.get_default(call_default_factory=True)
         type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         rows.append((f"{prefix}{name}", type_name, default, field.description or ""))
+    if model is PolicyConfig:  # the registered algorithms' own sections
+        from rlhf_persona.policy.algorithms import ALGORITHMS
+
+        for name, algo in ALGORITHMS.items().items():
+            rows.extend(describe_fields(algo.config, f"{prefix}{name}."))
     return rows

@@ -296,13 +296,13 @@ class Loop:
 
     def _policy_data(self, r, state, assignments, rm) -> Dataset:
         """The store's export for the algorithm, plus reward-model-ranked pairs if configured."""
-        from rlhf_persona.policy.train import ONLINE
+        from rlhf_persona.policy.algorithms import ALGORITHMS
 
-        algo = self.cfg.policy.algorithm
+        algo = ALGORITHMS.get(self.cfg.policy.algorithm)
         exported = policy_export(self.store, self.cfg, assignments, since=self._since(r))
-        if self.cfg.loop.rm_pairs_per_segment <= 0 or algo in ONLINE:
+        if self.cfg.loop.rm_pairs_per_segment <= 0 or algo.online:
             return exported
-        ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo == "kto")
+        ranked = self._ranked_pairs(r, state, assignments, rm, kto=algo.data == "thumbs")
         if len(ranked) == 0:
             return exported
         ranked = ranked.select_columns(exported.column_names).cast(exported.features)
@@ -356,9 +356,9 @@ class Loop:
         return Dataset.from_dict(rows)
 
     def _online_reward(self, rm, assignments):
-        from rlhf_persona.policy.train import ONLINE
+        from rlhf_persona.policy.algorithms import ALGORITHMS
 
-        if self.cfg.policy.algorithm not in ONLINE:
+        if not ALGORITHMS.get(self.cfg.policy.algorithm).online:
             return None
         if self.cfg.loop.online_reward == "model":
             from rlhf_persona.reward import make_reward_fn
@@ -458,12 +458,14 @@ def simulated_thumbs_reward(sim, assignments: dict, seed: int):
 
 
 def policy_export(store, cfg: ExperimentConfig, assignments: dict, since=None) -> Dataset:
-    """The store's rows the configured policy algorithm trains on: KTO rows (every thumb, every
-    clear rating, A/B choices if ``loop.kto_pairwise``) or preference pairs (DPO; GRPO / RLOO use
-    only their prompts), each with its user's segment from ``assignments``."""
+    """The store's rows the configured policy algorithm trains on, as its ``data`` asks: thumbs
+    (every thumb, every clear rating, A/B choices if ``loop.kto_pairwise``) or preference pairs
+    (``pairs``; ``online`` algorithms use only their prompts), each with its user's segment from
+    ``assignments``."""
     from rlhf_persona.feedback.export import export_kto, export_preference
+    from rlhf_persona.policy.algorithms import ALGORITHMS
 
-    if cfg.policy.algorithm == "kto":
+    if ALGORITHMS.get(cfg.policy.algorithm).data == "thumbs":
         pairwise = cfg.loop.kto_pairwise
         return export_kto(store, assignments, ratings=True, pairwise=pairwise, since=since)[0]
     return export_preference(store, assignments, since=since)[0]

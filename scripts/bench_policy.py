@@ -101,8 +101,8 @@ def compare(args, prompts: list[str]) -> list[dict]:
                 learning_rate=args.learning_rate,
                 batch_size=args.batch_size,
                 beta=args.beta,
-                max_completion_length=args.max_new_tokens,
                 train_global=False,
+                **{algorithm: {"max_completion_length": args.max_new_tokens}},
             )
             start = time.perf_counter()
             registry = train_policies(

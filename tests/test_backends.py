@@ -63,8 +63,9 @@ def test_gpu_training_options_reach_the_trainers(tmp_path):
     assert args.gradient_accumulation_steps == 4 and args.lr_scheduler_type == "cosine"
     assert args.warmup_steps == 0.1 and args.gradient_checkpointing
     loaded = load_config(None, ["models.attn_implementation=sdpa", "models.generation_backend=auto",
-                                "policy.algorithm=ppo", "policy.use_vllm=true"])  # fmt: skip
+                                "policy.algorithm=ppo", "policy.grpo.use_vllm=true"])  # fmt: skip
     assert loaded.models.attn_implementation == "sdpa" and loaded.policy.algorithm == "ppo"
+    assert loaded.policy.section("grpo").use_vllm
     from rlhf_persona.config import ConfigError
 
     with pytest.raises(ConfigError, match="generation_backend"):

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from rlhf_persona.config import PolicyConfig
 from rlhf_persona.errors import UserError
 from rlhf_persona.policy import (
+    ALGORITHMS,
     BASE,
     GLOBAL,
     AdapterInfo,
@@ -92,7 +93,9 @@ def style_reward(prompts, completions, segment_id, **_):
 
 
 def _cfg(**kw) -> PolicyConfig:
-    base = dict(steps=2, batch_size=2, num_generations=2, max_completion_length=6, max_length=64)
+    group = dict(num_generations=2, max_completion_length=6)
+    base = dict(steps=2, batch_size=2, max_length=64, grpo=group, rloo=group,
+                ppo=dict(max_completion_length=6))  # fmt: skip
     return PolicyConfig(**{**base, **kw})
 
 
@@ -256,6 +259,7 @@ def test_generator_is_thread_safe(generator):
 
 def test_strategy_plans_honour_segment_models():
     from rlhf_persona.policy import STRATEGIES
+    from rlhf_persona.policy.strategies import GlobalStrategy  # trained beside any strategy
 
     overrides = {1: "other/model"}
     adapter = STRATEGIES["adapter"]().plan([0, 1, 2], CARDS, SPEC, overrides)
@@ -271,7 +275,7 @@ def test_strategy_plans_honour_segment_models():
     ]
     assert prompt.jobs[0].system_prompts == {0: CARDS[0], 2: None}
     assert prompt.routes[1] == Route("prompt_1", CARDS[1])
-    glob = STRATEGIES["global"]().plan([0, 1, 2], CARDS, SPEC, overrides)
+    glob = GlobalStrategy().plan([0, 1, 2], CARDS, SPEC, overrides)
     assert [(j.name, j.base_model) for j in glob.jobs] == [("global", SPEC)]
 
 
@@ -313,8 +317,8 @@ def test_bad_inputs_are_named(data, tmp_path):
         train_policies(_cfg(algorithm="grpo"), SPEC, data, CARDS, tmp_path)
     with pytest.raises(UserError, match="lacks.*'completion'"):
         train_policies(_cfg(algorithm="kto"), SPEC, data.remove_columns("completion"), {}, tmp_path)
-    with pytest.raises(UserError, match="multiple of policy.num_generations"):
-        cfg = _cfg(algorithm="rloo", batch_size=6, num_generations=4)
+    with pytest.raises(UserError, match="multiple of policy.rloo.num_generations"):
+        cfg = _cfg(algorithm="rloo", batch_size=6, rloo={"num_generations": 4})
         train_policies(cfg, SPEC, data, CARDS, tmp_path, reward_fn=style_reward)
 
 
@@ -347,16 +351,15 @@ def test_adapter_of_another_model_is_a_clear_error(tmp_path, tiny_test_path):
 @pytest.mark.parametrize("algorithm", ["dpo", "kto"])
 def test_reference_of_a_continued_adapter(algorithm, reference, data, trained, tmp_path):
     """Training a saved adapter further, TRL's reference is a frozen copy of it ("previous");
-    ``policy.reference: base`` makes that copy the identity, i.e. the base model."""
-    from rlhf_persona.policy import dpo, kto
+    ``policy.<algorithm>.reference: base`` makes that copy the identity, i.e. the base model."""
     from rlhf_persona.policy.common import load_adapter, load_base
     from rlhf_persona.policy.train import _format
 
-    module = {"dpo": dpo, "kto": kto}[algorithm]
+    module = ALGORITHMS.get(algorithm)
     model, tokenizer = load_base(SPEC, "cpu", False, None)
     model = load_adapter(model, trained.adapter_path("segment_0"), trainable=True, spec=SPEC)
     rows = _format(data.filter(lambda r: r["segment_id"] == 0), module, tokenizer)
-    cfg = _cfg(steps=1, reference=reference)
+    cfg = _cfg(steps=1, **{algorithm: {"reference": reference}})
     trainer = module.train(model, tokenizer, rows, cfg, tmp_path, device="cpu", bf16=False, seed=0)
     ref_b = [p for n, p in trainer.model.named_parameters() if ".ref." in n and "lora_B" in n]
     assert ref_b  # TRL made the frozen copy
@@ -394,12 +397,10 @@ def _one_step(module, data, out_dir, **cfg):
 def test_sft_weight_adds_the_liked_replies_nll(algorithm, data, tmp_path):
     """The first step sees the same weights and batch with and without the term, so its loss
     grows by exactly sft_weight × the liked replies' mean per-token NLL (KTO logs that NLL)."""
-    from rlhf_persona.policy import dpo, kto
-
-    module = {"dpo": dpo, "kto": kto}[algorithm]
+    module = ALGORITHMS.get(algorithm)
     first = {
         weight: _one_step(
-            module, data, tmp_path / str(weight), sft_weight=weight
+            module, data, tmp_path / str(weight), **{algorithm: {"sft_weight": weight}}
         ).state.log_history[0]
         for weight in (0.0, 2.0)
     }
@@ -410,7 +411,7 @@ def test_sft_weight_adds_the_liked_replies_nll(algorithm, data, tmp_path):
 
 
 def test_desirable_nll_counts_completion_tokens_of_liked_rows_only():
-    from rlhf_persona.policy.kto import desirable_nll
+    from rlhf_persona.policy.algorithms.kto import desirable_nll
 
     labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, 8, 9]])  # row 0 liked, row 1 not
     log_probs = torch.tensor([[-9.0, -1.0, -3.0], [-2.0, -4.0, -8.0]], requires_grad=True)
@@ -420,23 +421,22 @@ def test_desirable_nll_counts_completion_tokens_of_liked_rows_only():
     assert none.item() == 0.0 and none.requires_grad
 
 
-def test_sft_weight_is_refused_for_online_algorithms():
+def test_sft_weight_is_a_key_of_the_offline_algorithms_only():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="sft_weight applies to dpo and kto only; grpo"):
-        PolicyConfig(algorithm="grpo", sft_weight=0.5)
-    assert PolicyConfig(algorithm="kto", sft_weight=0.5).sft_weight == 0.5
+    with pytest.raises(ValidationError, match="grpo.sft_weight: unknown key"):
+        PolicyConfig(algorithm="grpo", grpo={"sft_weight": 0.5})
+    assert PolicyConfig(algorithm="kto", kto={"sft_weight": 0.5}).section().sft_weight == 0.5
 
 
 def test_kto_loss_with_z_at_zero_matches_kto_while_the_policy_is_its_reference(data, tmp_path):
     """At the first step the LoRA adapter is still zero, so the policy is its reference, TRL's
     estimate of the reference point z is 0, and apo_zero_unpaired (z fixed at 0) gives KTO's
     loss — without the forward passes that estimate z."""
-    from rlhf_persona.policy import kto
-
+    kto = ALGORITHMS.get("kto")
     first, estimates_z = {}, {}
     for loss in ("kto", "apo_zero_unpaired"):
-        trainer = _one_step(kto, data, tmp_path / loss, kto_loss=loss, sft_weight=1.0)
+        trainer = _one_step(kto, data, tmp_path / loss, kto={"loss": loss, "sft_weight": 1.0})
         first[loss], estimates_z[loss] = trainer.state.log_history[0], trainer.calculate_KL
     assert estimates_z == {"kto": True, "apo_zero_unpaired": False}
     assert first["kto"]["kl"] == 0.0
@@ -449,14 +449,16 @@ def short_reward(prompts, completions, segment_id, **_):
 
 
 def _ppo_run(data, tmp_path, **cfg):
-    from rlhf_persona.policy import ppo
+    from rlhf_persona.policy.algorithms.ppo import PPOSection
     from rlhf_persona.policy.common import load_base
     from rlhf_persona.policy.train import _format
 
+    ppo = ALGORITHMS.get("ppo")
     model, tokenizer = load_base(SPEC, "cpu", False, None)
     rows = _format(data.filter(lambda r: r["segment_id"] == 0), ppo, tokenizer)
-    base = dict(algorithm="ppo", steps=12, batch_size=8, max_completion_length=12,
-                learning_rate=5e-3, num_iterations=2, lora_r=8)  # fmt: skip
+    own = dict(max_completion_length=12, num_iterations=2)
+    own.update({k: cfg.pop(k) for k in list(cfg) if k in PPOSection.model_fields})
+    base = dict(algorithm="ppo", steps=12, batch_size=8, learning_rate=5e-3, lora_r=8, ppo=own)
     return ppo.train(model, tokenizer, rows, PolicyConfig(**{**base, **cfg}), tmp_path,
                      device="cpu", bf16=False, seed=0, reward_fn=short_reward)  # fmt: skip
 
@@ -479,7 +481,7 @@ def test_ppo_learns_a_planted_preference_with_its_value_head(data, tmp_path):
 
 
 def test_gae_and_the_kl_penalty_per_token():
-    from rlhf_persona.policy.ppo import gae, whiten
+    from rlhf_persona.policy.ppo_trainer import gae, whiten
 
     rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
     values = torch.tensor([[0.5, 0.5, 0.5, 0.0]])

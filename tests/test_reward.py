@@ -146,7 +146,7 @@ def test_bad_preference_data_is_a_user_error():
         rm.fit([{"prompt": "p", "chosen": "a"}])
     with pytest.raises(UserError, match="no pairs"):
         rm.fit([])
-    with pytest.raises(UserError, match="unknown strategy"):
+    with pytest.raises(UserError, match="unknown reward strategy .nope."):
         build_reward_model(RewardConfig.model_construct(strategy="nope"), ENCODER)
 
 

@@ -6,9 +6,11 @@
 - ``PolicyGenerator(registry).generate(keys, prompts)``: grouped, batched generation; also
   ``logprobs`` and ``kl_from_base`` for evaluation.
 
-One module per algorithm (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``: thin layers over TRL's
-trainers; ``ppo``: value-head PPO built from accelerate/peft/TRL parts); conditioning strategies
-live in ``strategies.py``; ``backends.make_generator`` picks transformers or vLLM generation.
+One module per algorithm in ``algorithms/`` (``dpo``, ``kto``, ``grpo``, ``rloo``: thin layers
+over TRL's trainers; ``ppo``: value-head PPO, its trainer in ``ppo_trainer.py``), each declaring
+its config section, the data it learns from and ``train``, registered in ``ALGORITHMS``; ``sft``
+is the optional warm start before any of them; conditioning strategies live in
+``strategies.py``; ``backends.make_generator`` picks transformers or vLLM generation.
 Exports load lazily, so importing the package (e.g. for the CLI) does not import TRL.
 """
 
@@ -20,7 +22,8 @@ _EXPORTS = {
                     "rlhf_persona.policy.registry"),
     **dict.fromkeys(("STRATEGIES", "Route", "Strategy", "TrainJob"),
                     "rlhf_persona.policy.strategies"),
-    **dict.fromkeys(("ALGORITHMS", "train_policies"), "rlhf_persona.policy.train"),
+    **dict.fromkeys(("ALGORITHMS", "Algorithm"), "rlhf_persona.policy.algorithms"),
+    "train_policies": "rlhf_persona.policy.train",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
 

@@ -135,13 +135,13 @@ def _lora_rank(registry: AdapterRegistry, name: str) -> int:
 
 
 def vllm_trainer_kwargs(use_vllm: bool, device: str) -> dict:
-    """GRPO/RLOO config fields for ``policy.use_vllm``: TRL's colocated vLLM when it can run,
-    else transformers generation with a warning."""
+    """GRPO/RLOO config fields for ``policy.{grpo,rloo}.use_vllm``: TRL's colocated vLLM when it
+    can run, else transformers generation with a warning."""
     if not use_vllm:
         return {}
     reason = vllm_missing(device)
     if reason is not None:
-        warnings.warn(f"policy.use_vllm: {reason}; sampling rollouts with transformers",
+        warnings.warn(f"use_vllm: {reason}; sampling rollouts with transformers",
                       RuntimeWarning, stacklevel=2)  # fmt: skip
         return {}
     return {"use_vllm": True, "vllm_mode": "colocate"}

@@ -27,7 +27,9 @@ def train(
         "RUN_DIR/segmenter/RUN if there); segments are the store's current assignments.",
     ),  # fmt: skip
     reward: Path | None = typer.Option(
-        None, help="grpo/rloo: a saved reward model folder scoring the sampled replies."
+        None,
+        help="online algorithms (grpo, rloo, ppo): a saved reward model folder scoring "
+        "the sampled replies.",
     ),
     init_from: Path | None = typer.Option(
         None, help="A previous registry: adapters of the same name continue from there."
@@ -42,9 +44,10 @@ def train(
     from rlhf_persona.config import load_config
     from rlhf_persona.errors import UserError
     from rlhf_persona.feedback import FeedbackStore
+    from rlhf_persona.policy.algorithms import ALGORITHMS
 
     cfg = load_config(config, overrides)
-    online = cfg.policy.algorithm in ("grpo", "rloo")
+    online = ALGORITHMS.get(cfg.policy.algorithm).online
     if online and reward is None:
         raise UserError(f"policy.algorithm {cfg.policy.algorithm} trains online: pass --reward "
                         "DIR (a saved reward model, e.g. from `reward train`)")  # fmt: skip
@@ -86,9 +89,8 @@ def _cards(cfg, segmenter: Path | None) -> dict[int, str]:
 
 def _reward_fn(path: Path):
     from rlhf_persona.errors import UserError
-    from rlhf_persona.reward import make_reward_fn
-    from rlhf_persona.serving.policy import load_reward, reward_kind
+    from rlhf_persona.reward import load, make_reward_fn, reward_kind
 
     if not path.is_dir() or reward_kind(path) is None:
         raise UserError(f"--reward {path}: not a saved reward model folder")
-    return make_reward_fn(load_reward(path))
+    return make_reward_fn(load(path))

@@ -1,6 +1,6 @@
 """What every policy trainer shares: chat formatting, LoRA and TRL settings, the base model.
 
-The algorithm modules (``sft``, ``dpo``, ``kto``, ``grpo``, ``rloo``, ``ppo``) stay short because
+The algorithm modules (``sft``, ``algorithms/{dpo,kto,grpo,rloo,ppo}``) stay short because
 the plumbing lives here: prompts become chat messages (with the persona as system prompt when a
 strategy asks for it), ``PolicyConfig`` becomes TRL's config fields, and a reward callable on plain
 strings becomes a TRL reward function.
@@ -272,10 +272,11 @@ def trl_reward_func(fn: RewardFn) -> Callable[..., list[float]]:
 
 
 def check_online_batch(cfg: PolicyConfig) -> None:
-    if cfg.batch_size % cfg.num_generations:
+    group = cfg.section().num_generations
+    if cfg.batch_size % group:
         raise UserError(
-            f"policy.batch_size ({cfg.batch_size}) must be a multiple of policy.num_generations "
-            f"({cfg.num_generations}) for {cfg.algorithm}: each step trains on whole groups"
+            f"policy.batch_size ({cfg.batch_size}) must be a multiple of policy.{cfg.algorithm}."
+            f"num_generations ({group}) for {cfg.algorithm}: each step trains on whole groups"
         )
 
 
@@ -292,14 +293,15 @@ def train_online(config_cls, trainer_cls, model, tokenizer, dataset, cfg, output
     """One online run (GRPO and RLOO share every argument; only TRL's classes differ)."""
     from rlhf_persona.policy.backends import vllm_trainer_kwargs
 
+    own = cfg.section()  # a GroupSection: policy.grpo or policy.rloo
     args = config_cls(
-        **vllm_trainer_kwargs(cfg.use_vllm, device),
+        **vllm_trainer_kwargs(own.use_vllm, device),
         **trainer_args(cfg, output_dir, device, bf16, seed),
         beta=cfg.beta,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        num_iterations=cfg.num_iterations,
+        num_generations=own.num_generations,
+        max_completion_length=own.max_completion_length,
+        temperature=own.temperature,
+        num_iterations=own.num_iterations,
     )
     trainer = trainer_cls(
         model=model,

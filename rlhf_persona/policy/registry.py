@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_persona.errors import UserError
+from rlhf_persona.metadata import read_meta, stamp
 from rlhf_persona.policy.strategies import Route
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT = "rlhf_persona.adapter_registry"
+FORMAT_VERSION = 1  # manifests written before the format had a name read as this version
 
 # Serving keys besides segment ids: the pooled-data baseline and the untouched base model.
 GLOBAL = "global"
@@ -116,7 +118,7 @@ class AdapterRegistry:
     # -- persistence ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT_VERSION,
+            **stamp(FORMAT, FORMAT_VERSION),
             "round": self.round,
             "algorithm": self.algorithm,
             "strategy": self.strategy,
@@ -137,10 +139,9 @@ class AdapterRegistry:
     def load(cls, root: str | Path) -> AdapterRegistry:
         root = Path(root)
         path = root / MANIFEST
-        if not path.is_file():
-            raise UserError(f"{root}: no {MANIFEST}; not a policy adapter registry")
+        data = read_meta(path, "policy adapter registry", FORMAT, FORMAT_VERSION,
+                         "retrain the policies", unnamed_is_current=True)  # fmt: skip
         try:
-            data = json.loads(path.read_text())
             reg = cls(
                 root,
                 data["base_model"],

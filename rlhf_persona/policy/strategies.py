@@ -10,13 +10,15 @@ prompt) and a route per segment (adapter name + system prompt used at generation
   segment is served by that adapter with its own persona. Segments given their own base model
   (``policy.segment_models``) get one such adapter per base model.
 
-Add a strategy by subclassing ``Strategy`` and registering it in ``STRATEGIES``.
+Add a strategy by subclassing ``Strategy`` and ``STRATEGIES.register(name, cls)``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+
+from rlhf_persona.registry import Registry
 
 
 @dataclass
@@ -106,6 +108,8 @@ class PromptStrategy(Strategy):
         return Plan(jobs, routes)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (GlobalStrategy, AdapterStrategy, PromptStrategy)
-}
+# ``policy.strategy`` choices (the global baseline is trained beside any of them, when
+# ``policy.train_global``): both the config's validation and ``train_policies`` read this table.
+STRATEGIES: Registry[type[Strategy]] = Registry("policy strategy")
+for _cls in (AdapterStrategy, PromptStrategy):
+    STRATEGIES.register(_cls.name, _cls)

@@ -11,7 +11,6 @@ import contextlib
 import gc
 import time
 from pathlib import Path
-from types import ModuleType
 
 from datasets import Dataset
 from tqdm.auto import tqdm
@@ -19,7 +18,8 @@ from tqdm.auto import tqdm
 from rlhf_persona import distributed
 from rlhf_persona.config import PolicyConfig
 from rlhf_persona.errors import UserError
-from rlhf_persona.policy import dpo, grpo, kto, ppo, rloo, sft
+from rlhf_persona.policy import sft
+from rlhf_persona.policy.algorithms import ALGORITHMS, Algorithm
 from rlhf_persona.policy.card import fix_base_reference, write_card
 from rlhf_persona.policy.common import (
     RewardFn,
@@ -31,18 +31,7 @@ from rlhf_persona.policy.common import (
     trainer_callbacks,
 )
 from rlhf_persona.policy.registry import GLOBAL, AdapterInfo, AdapterRegistry
-from rlhf_persona.policy.strategies import STRATEGIES, Plan, Route, TrainJob
-
-# Each algorithm module has COLUMNS (required input columns), format_row and train.
-ALGORITHMS: dict[str, ModuleType] = {
-    "dpo": dpo,
-    "kto": kto,
-    "grpo": grpo,
-    "rloo": rloo,
-    "ppo": ppo,
-}
-ONLINE = frozenset({"grpo", "rloo", "ppo"})
-GROUPED = frozenset({"grpo", "rloo"})  # each step trains on whole groups of replies per prompt
+from rlhf_persona.policy.strategies import STRATEGIES, GlobalStrategy, Plan, Route, TrainJob
 
 
 def train_policies(
@@ -94,11 +83,9 @@ def train_policies(
     device = resolve_device(device)
     segments = sorted({int(s) for s in data["segment_id"]} | {int(s) for s in cards})
     registry = AdapterRegistry(out_dir, base_spec, round, policy_cfg.algorithm, policy_cfg.strategy)
-    names = ([GLOBAL] if policy_cfg.train_global else []) + [policy_cfg.strategy]
-    plans = [
-        STRATEGIES[name]().plan(segments, cards, base_spec, policy_cfg.segment_models)
-        for name in names
-    ]
+    strategies = [GlobalStrategy] if policy_cfg.train_global else []
+    strategies.append(STRATEGIES.get(policy_cfg.strategy))
+    plans = [s().plan(segments, cards, base_spec, policy_cfg.segment_models) for s in strategies]
     jobs = [job for plan in plans for job in plan.jobs]
     jobs = [job for job in jobs if _rows(data, job.segments) >= policy_cfg.min_rows]
     desc = f"policy round {round} ({policy_cfg.algorithm})"
@@ -154,15 +141,15 @@ def _quiet_datasets():
             ds_logging.enable_progress_bar()
 
 
-def _algorithm(cfg: PolicyConfig, data: Dataset, reward_fn: RewardFn | None) -> ModuleType:
-    algo = ALGORITHMS[cfg.algorithm]
-    require_columns(data, (*algo.COLUMNS, "segment_id"), cfg.algorithm)
-    if cfg.algorithm in ONLINE and reward_fn is None:
+def _algorithm(cfg: PolicyConfig, data: Dataset, reward_fn: RewardFn | None) -> Algorithm:
+    algo = ALGORITHMS.get(cfg.algorithm)
+    require_columns(data, (*algo.columns, "segment_id"), cfg.algorithm)
+    if algo.online and reward_fn is None:
         raise UserError(
             f"policy.algorithm={cfg.algorithm} is online: it needs a reward_fn (a reward model "
             "via reward.make_reward_fn, or simulated users' feedback)"
         )
-    if cfg.algorithm in GROUPED:
+    if algo.grouped:
         check_online_batch(cfg)
     return algo
 
@@ -182,8 +169,9 @@ def _job_rows(data: Dataset, job: TrainJob) -> Dataset:
     return rows.add_column("system", systems)
 
 
-def _format(rows: Dataset, module: ModuleType, tokenizer) -> Dataset:
-    return rows.map(lambda r: module.format_row(r, tokenizer), remove_columns=rows.column_names)
+def _format(rows: Dataset, algo: Algorithm, tokenizer) -> Dataset:
+    """``algo``: an ``Algorithm`` or the ``sft`` module (anything with ``format_row``)."""
+    return rows.map(lambda r: algo.format_row(r, tokenizer), remove_columns=rows.column_names)
 
 
 def _start_model(job: TrainJob, load: dict, init_from: AdapterRegistry | None):
@@ -199,7 +187,7 @@ def _start_model(job: TrainJob, load: dict, init_from: AdapterRegistry | None):
 
 def _train_job(
     job: TrainJob,
-    algo: ModuleType,
+    algo: Algorithm,
     cfg: PolicyConfig,
     data: Dataset,
     registry: AdapterRegistry,

@@ -4,6 +4,7 @@
     rm = build_reward_model(cfg.reward, cfg.models.encoder, cards).fit(export, run=run)
     rm.score(segment_ids, prompts, replies)          # np.ndarray
     rm.save(path); rm = load_reward_model(path)
+    rm = load(path)            # any saved kind: RewardModel, UserLevelReward, FeatureReward
     reward_fn = make_reward_fn(rm)                   # for TRL's GRPOTrainer / RLOOTrainer
 
 Strategies (``reward.strategy``): ``global`` (baseline), ``prefix``, ``heads``, ``lora``.
@@ -12,8 +13,14 @@ Exports load lazily, so importing the package (e.g. for the CLI) does not import
 
 from importlib import import_module
 
+from rlhf_persona.registry import Registry
+
+# Reward strategies by name (``@register(name)`` adds one): both ``build_reward_model``'s lookup
+# and ``reward.strategy``'s validation read it; the built-in four load on first lookup.
+STRATEGIES = Registry("reward strategy", builtin=("global", "prefix", "heads", "lora"),
+                      module="rlhf_persona.reward.strategies")  # fmt: skip
+
 _EXPORTS = {
-    "STRATEGIES": "rlhf_persona.reward.model",
     "RewardModel": "rlhf_persona.reward.model",
     "build_reward_model": "rlhf_persona.reward.model",
     "load_reward_model": "rlhf_persona.reward.model",
@@ -21,6 +28,7 @@ _EXPORTS = {
     "PairData": "rlhf_persona.reward.data",
     "pairs_from": "rlhf_persona.reward.data",
     "make_reward_fn": "rlhf_persona.reward.rl",
+    **dict.fromkeys(("load", "reward_kind", "REWARD_FILES"), "rlhf_persona.reward.saved"),
 }
 __all__ = sorted(_EXPORTS)
 

@@ -30,6 +30,8 @@ import torch
 
 from rlhf_persona.config import RewardConfig
 from rlhf_persona.errors import UserError
+from rlhf_persona.metadata import read_meta, stamp
+from rlhf_persona.reward import STRATEGIES
 from rlhf_persona.reward.backbone import load_backbone, prepare_backbone
 from rlhf_persona.reward.data import NO_SEGMENT, PairData, pairs_from
 from rlhf_persona.reward.text import InputFormat
@@ -41,7 +43,6 @@ FORMAT = "rlhf_persona.reward"
 FORMAT_VERSION = 1
 META_FILE = "reward_model.json"
 WEIGHTS_FILE = "weights.safetensors"
-STRATEGIES: dict[str, type[RewardModel]] = {}
 
 
 def register(name: str):
@@ -49,7 +50,7 @@ def register(name: str):
 
     def add(cls):
         cls.strategy = name
-        STRATEGIES[name] = cls
+        STRATEGIES.register(name, cls)
         return cls
 
     return add
@@ -306,8 +307,7 @@ class RewardModel:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            **stamp(FORMAT, FORMAT_VERSION),
             "strategy": self.strategy,
             "encoder_spec": self.encoder_spec,
             "seed": self.seed,
@@ -360,43 +360,20 @@ def build_reward_model(
     **kwargs,
 ) -> RewardModel:
     """The strategy named by ``reward_cfg.strategy``, unfitted."""
-    _register_builtin()
-    try:
-        cls = STRATEGIES[reward_cfg.strategy]
-    except KeyError:
-        raise UserError(
-            f"reward.strategy: unknown strategy {reward_cfg.strategy!r} "
-            f"(known: {', '.join(sorted(STRATEGIES))})"
-        ) from None
+    cls = STRATEGIES.get(reward_cfg.strategy)
     return cls(reward_cfg, encoder_spec, cards, **kwargs)
 
 
 def load_reward_model(directory: str | Path) -> RewardModel:
     """Load a reward model written by ``RewardModel.save``."""
-    _register_builtin()
     folder = Path(directory)
     meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{folder}: not a saved reward model (no {META_FILE})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_path}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}; this "
-            f"version reads {FORMAT!r} v{FORMAT_VERSION}: retrain the reward model"
-        )
+    meta = read_meta(meta_path, "reward model", FORMAT, FORMAT_VERSION, "retrain the reward model")
     if meta.get("strategy") not in STRATEGIES:
-        raise UserError(f"{meta_path}: unknown strategy {meta.get('strategy')!r}")
-    return STRATEGIES[meta["strategy"]]._restore(folder, meta)
-
-
-def _register_builtin() -> None:
-    import rlhf_persona.reward.strategies  # noqa: F401  (registers global/prefix/heads/lora)
+        raise UserError(f"{meta_path}: {STRATEGIES.unknown(meta.get('strategy'))}")
+    return STRATEGIES.get(meta["strategy"])._restore(folder, meta)
 
 
 def strategy_names() -> list[str]:
     """Names of the registered strategies (the built-in four and any registered since)."""
-    _register_builtin()
-    return sorted(STRATEGIES)
+    return STRATEGIES.names()

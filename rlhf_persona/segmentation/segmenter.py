@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 
 from rlhf_persona.errors import UserError
+from rlhf_persona.metadata import read_meta
 from rlhf_persona.segmentation.cards import SegmentCard, build_cards
 from rlhf_persona.segmentation.cluster import (
     MINIBATCH_THRESHOLD,
@@ -277,19 +278,8 @@ class Segmenter(BaseEstimator):
         import skops.io as sio
 
         src = Path(directory)
-        meta_path = src / "segmenter.json"
-        if not meta_path.is_file():
-            raise UserError(f"{src}: not a saved segmenter (no segmenter.json)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{meta_path}: not valid JSON ({exc})") from None
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(
-                f"{meta_path}: format {meta.get('format')!r} version "
-                f"{meta.get('format_version')!r}; this version of rlhf_persona reads "
-                f"{FORMAT!r} version {FORMAT_VERSION}: refit the segmenter"
-            )
+        meta = read_meta(src / "segmenter.json", "segmenter", FORMAT, FORMAT_VERSION,
+                         "refit the segmenter")  # fmt: skip
         blob = src / "featurizer.skops"
         untrusted = set(sio.get_untrusted_types(file=blob)) - set(TRUSTED_TYPES)
         if untrusted:

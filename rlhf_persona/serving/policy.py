@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_persona.errors import UserError
+from rlhf_persona.reward.saved import REWARD_FILES, reward_kind
+from rlhf_persona.reward.saved import load as load_reward
 from rlhf_persona.serving.settings import ChatSettings
 
 log = logging.getLogger("rlhf_persona.chat")
@@ -68,20 +70,6 @@ def check_registry(path: Path | None) -> None:
         raise UserError(f"--policy-registry {path}: no manifest.json; not a policy registry")
 
 
-#: The file that marks each kind of saved reward model (checked in this order: a user-level
-#: reward saved over a segment model holds both files).
-REWARD_FILES = {
-    "user_level": "user_level.json",  # reward.user_level.UserLevelReward.save
-    "reward_model": "reward_model.json",  # reward.model.RewardModel.save (any strategy)
-    "feature_reward": "feature_reward.json",  # reward.light.FeatureReward.save
-}
-
-
-def reward_kind(path: Path) -> str | None:
-    """Which kind of saved reward model the folder holds (a ``REWARD_FILES`` key), or None."""
-    return next((k for k, f in REWARD_FILES.items() if (Path(path) / f).is_file()), None)
-
-
 def check_best_of_n(n: int, reward: Path | None) -> None:
     """Clear errors for bad best-of-n settings, naming the ``serve`` option (before loading
     any model)."""
@@ -103,24 +91,6 @@ def check_settings(settings: ChatSettings) -> None:
     """The checks of ``check_registry`` and ``check_best_of_n``."""
     check_registry(settings.policy_registry)
     check_best_of_n(settings.best_of_n, settings.best_of_n_reward)
-
-
-def load_reward(path: Path, cache_dir: Path | None = None) -> Any:
-    """The saved reward model in ``path`` (any kind of ``REWARD_FILES``)."""
-    kind = reward_kind(path)
-    if kind == "user_level":
-        from rlhf_persona.reward.user_level import UserLevelReward
-
-        return UserLevelReward.load(path, cache_dir=cache_dir)
-    if kind == "reward_model":
-        from rlhf_persona.reward import load_reward_model
-
-        return load_reward_model(path)
-    if kind == "feature_reward":
-        from rlhf_persona.reward.light import FeatureReward
-
-        return FeatureReward.load(path)
-    raise UserError(f"--best-of-n-reward {path}: not a saved reward model")
 
 
 class ChatPolicy:

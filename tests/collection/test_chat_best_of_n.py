@@ -18,8 +18,10 @@ from rlhf_persona.api.testing import ServiceProcess
 from rlhf_persona.cli import app
 from rlhf_persona.errors import UserError
 from rlhf_persona.feedback.store import FeedbackStore
+from rlhf_persona.reward.saved import load as load_reward
+from rlhf_persona.reward.saved import reward_kind
 from rlhf_persona.serving.commands import chat_env
-from rlhf_persona.serving.policy import ChatPolicy, load_reward, reward_kind
+from rlhf_persona.serving.policy import ChatPolicy
 from rlhf_persona.serving.settings import ChatSettings
 
 PROMPT = "Any tips for cooking rice?"

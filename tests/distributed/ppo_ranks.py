@@ -17,8 +17,9 @@ from datasets import Dataset
 
 from rlhf_persona import distributed
 from rlhf_persona.config import PolicyConfig
-from rlhf_persona.policy import ppo, train_policies
+from rlhf_persona.policy import ALGORITHMS, train_policies
 from rlhf_persona.policy.common import load_base
+from rlhf_persona.policy.ppo_trainer import PPOTrainer
 from rlhf_persona.policy.train import _format
 
 SPEC = "embedded:tiny-test"
@@ -33,8 +34,9 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     rows = Dataset.from_list([{"prompt": p, "segment_id": 0} for p in PROMPTS])
     model, tok = load_base(SPEC)
-    cfg = PolicyConfig(algorithm="ppo", steps=2, batch_size=4, max_completion_length=8)
-    trainer = ppo.PPOTrainer(model, tok, _format(rows, ppo, tok), cfg, device="cpu",
+    cfg = PolicyConfig(algorithm="ppo", steps=2, batch_size=4, ppo={"max_completion_length": 8})
+    rows = _format(rows, ALGORITHMS.get("ppo"), tok)
+    trainer = PPOTrainer(model, tok, rows, cfg, device="cpu",
                              bf16=False, seed=0, reward_fn=reward)  # fmt: skip
     seen = [[m[-1]["content"] for m in trainer._batch(step)["prompt"]] for step in range(2)]
     trainer.train()

@@ -1,4 +1,5 @@
-"""PPO: online policy optimisation with a learned value function (clipped surrogate, GAE, KL).
+"""PPO's trainer: online policy optimisation with a learned value function (clipped surrogate,
+GAE, KL); ``policy/algorithms/ppo.py`` declares the algorithm and its config section.
 
 TRL removed its value-head ``PPOTrainer`` in 1.13; this is PPO as InstructGPT describes it,
 built from accelerate (devices, data parallelism, gradient accumulation), peft (the LoRA policy,
@@ -20,8 +21,6 @@ prompt (docs/algorithms.md). Rows: prompts with their ``segment_id`` (the reward
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import TrainerState, get_scheduler
@@ -31,14 +30,11 @@ from rlhf_persona.config import PolicyConfig
 from rlhf_persona.errors import UserError
 from rlhf_persona.policy.common import (
     lora_config,
-    online_format_row,
     pad_left,
     stop_token_ids,
     trl_reward_func,
 )
 
-COLUMNS = ("prompt",)
-format_row = online_format_row
 EXTRA_COLUMNS = ("segment_id", "user_id")  # passed to the reward function
 
 
@@ -90,6 +86,7 @@ class PPOTrainer:
                 "micro-batch holds one or more prompts"
             )
         self.cfg, self.tokenizer, self.dataset, self.seed = cfg, tokenizer, dataset, seed
+        self.own = cfg.section("ppo")  # policy.ppo: clip range, GAE, rollout settings
         self.reward = trl_reward_func(reward_fn)
         on_gpu = device == "cuda"
         self.accelerator = Accelerator(
@@ -106,7 +103,7 @@ class PPOTrainer:
         wrapped = PolicyWithValue(policy).to(self.accelerator.device)
         params = [p for p in wrapped.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
-        updates = cfg.steps * cfg.num_iterations
+        updates = cfg.steps * self.own.num_iterations
         warmup = int(cfg.warmup_steps if cfg.warmup_steps >= 1 else cfg.warmup_steps * updates)
         # Not prepared: accelerate would step it once per process at every optimizer step.
         self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer, warmup, updates)
@@ -136,10 +133,10 @@ class PPOTrainer:
     def step(self, rows: dict) -> dict:
         roll = self.rollout(rows)
         adv, returns = gae(roll["rewards"], roll["values"], roll["mask"],
-                           self.cfg.gamma, self.cfg.gae_lambda)  # fmt: skip
+                           self.own.gamma, self.own.gae_lambda)  # fmt: skip
         adv = whiten(adv, roll["mask"])
         losses = []
-        for _ in range(self.cfg.num_iterations):
+        for _ in range(self.own.num_iterations):
             losses += self._update(roll, adv, returns)
         stats = {k: torch.stack([x[k] for x in losses]).mean() for k in losses[0]}
         mask = roll["mask"]
@@ -165,10 +162,10 @@ class PPOTrainer:
         out = policy.generate(
             **prompt,
             do_sample=True,
-            temperature=cfg.temperature,
+            temperature=self.own.temperature,
             top_k=None,
             top_p=1.0,
-            max_new_tokens=cfg.max_completion_length,
+            max_new_tokens=self.own.max_completion_length,
             pad_token_id=tok.pad_token_id,
             eos_token_id=self.stop_ids,
         )
@@ -197,7 +194,7 @@ class PPOTrainer:
 
     def _update(self, roll: dict, adv: torch.Tensor, returns: torch.Tensor) -> list[dict]:
         """One pass over the rollout in micro-batches; one optimizer step per pass."""
-        cfg, eps = self.cfg, self.cfg.clip_range
+        cfg, eps = self.cfg, self.own.clip_range
         width = roll["reply"].shape[1]
         stats = []
         chunks = torch.arange(len(adv)).chunk(cfg.gradient_accumulation_steps)
@@ -212,7 +209,7 @@ class PPOTrainer:
                 v_clip = old_v + (values - old_v).clamp(-eps, eps)
                 vf = 0.5 * torch.max((values - ret) ** 2, (v_clip - ret) ** 2)
                 pg_loss, vf_loss = masked_mean(pg, mask), masked_mean(vf, mask)
-                loss = pg_loss + cfg.vf_coef * vf_loss
+                loss = pg_loss + self.own.vf_coef * vf_loss
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients:  # the pass's last micro-batch
                     self.accelerator.clip_grad_norm_(self.module.parameters(), 1.0)
@@ -233,7 +230,7 @@ class PPOTrainer:
 
     def _logp(self, logits: torch.Tensor, reply: torch.Tensor) -> torch.Tensor:
         """Log-probs of the reply tokens under the sampling distribution (logits / T)."""
-        return selective_log_softmax(logits / self.cfg.temperature, reply)
+        return selective_log_softmax(logits / self.own.temperature, reply)
 
     def _batch(self, step: int) -> dict:
         """This process's share of step ``step``'s prompts: a seeded draw of batch_size ×
@@ -278,21 +275,3 @@ def _reply_mask(reply: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
     stop = torch.isin(reply, torch.tensor(stop_ids, device=reply.device))
     after = (stop.cumsum(1) - stop.long()) > 0  # strictly after the first stop
     return ~after
-
-
-def train(
-    model,
-    tokenizer,
-    dataset,
-    cfg: PolicyConfig,
-    output_dir: Path,
-    *,
-    device,
-    bf16,
-    seed,
-    reward_fn,
-    **_,
-) -> PPOTrainer:
-    trainer = PPOTrainer(model, tokenizer, dataset, cfg, device=device, bf16=bf16, seed=seed,
-                         reward_fn=reward_fn)  # fmt: skip
-    return trainer.train()

@@ -11,29 +11,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trl import RLOOConfig, RLOOTrainer
-
 from rlhf_persona.config import PolicyConfig
-from rlhf_persona.policy.common import online_format_row, train_online
-
-COLUMNS = ("prompt",)
-format_row = online_format_row
+from rlhf_persona.policy.algorithms import ALGORITHMS, Algorithm, GroupSection
 
 
-def train(
-    model,
-    tokenizer,
-    dataset,
-    cfg: PolicyConfig,
-    output_dir: Path,
-    *,
-    device,
-    bf16,
-    seed,
-    reward_fn,
-    **_,
-) -> RLOOTrainer:
+class RLOOSection(GroupSection):
+    """``policy.rloo``: the keys only the online, grouped algorithms read."""
+
+
+def format_row(row: dict, tokenizer) -> dict:
+    from rlhf_persona.policy.common import online_format_row
+
+    return online_format_row(row, tokenizer)
+
+
+def train(model, tokenizer, dataset, cfg: PolicyConfig, output_dir: Path, *, device, bf16, seed,
+          reward_fn, **_):  # fmt: skip
+    from trl import RLOOConfig, RLOOTrainer
+
+    from rlhf_persona.policy.common import train_online
+
     return train_online(
         RLOOConfig, RLOOTrainer, model, tokenizer, dataset, cfg, output_dir,
         device=device, bf16=bf16, seed=seed, reward_fn=reward_fn,
     )  # fmt: skip
+
+
+ALGORITHMS.register("rloo", Algorithm("rloo", "online", RLOOSection, ("prompt",), format_row,
+                                      train, grouped=True))  # fmt: skip
