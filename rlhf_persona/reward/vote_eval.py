@@ -28,6 +28,7 @@ from rlhf_persona.reward.vote_models import (
     GlobalVoteModel,
     SegmentVoteModel,
     UserFactorModel,
+    fit_groups,
     softplus,
     validation_mask,
     vote_folds,
@@ -97,6 +98,8 @@ def fit_segment_level(glob, train, segment_args: tuple, item_x, folds, seed: int
     candidates = segment_users(fit_part, *segment_args)
     if isinstance(candidates, str):
         return candidates
+    if segment_args[2] == "items":  # Polis's own clusters compete too (the segment nests them)
+        candidates["pca"] = vb.pca_cluster_labels(fit_part, seed)[0]
     losses = {}
     for kk, seg in candidates.items():
         model = SegmentVoteModel(glob).fit(fit_part, seg, item_x, folds[~val])
@@ -104,6 +107,9 @@ def fit_segment_level(glob, train, segment_args: tuple, item_x, folds, seed: int
         losses[kk] = round(float(softplus(-held.y * z).sum()), 1)
     best = min(losses, key=losses.get)
     profiles, option, mode, _, seed_ = segment_args
+    if best == "pca":
+        seg = vb.pca_cluster_labels(train, seed)[0]
+        return SegmentVoteModel(glob).fit(train, seg, item_x, folds), seg, losses
     seg = segment_users(train, profiles, option, mode, best, seed_)
     if isinstance(seg, str):
         return seg
@@ -136,6 +142,41 @@ def _pick_knn(train: VoteData, prior: np.ndarray, seed: int) -> int:
     scores = vb.knn_scores(fit, held.user, held.item, prior_fit)
     acc = {k: float((np.sign(s) == held.y).mean()) for k, s in scores.items()}
     return max(acc, key=lambda k: (acc[k], -k))
+
+
+def stack_fit(features: list[np.ndarray], y: np.ndarray, lam: float = 1.0) -> np.ndarray:
+    """Weights of a logistic over ``[1, *features]`` (MAP, weak N(0, 1/λ) prior), fitted on
+    validation votes the features' models never saw; too few votes → the first feature alone."""
+    if len(y) < 50 or len(np.unique(y)) < 2:
+        return np.r_[0.0, 1.0, np.zeros(len(features) - 1)]
+    x = np.column_stack([np.ones(len(y)), *features])
+    zero = np.zeros(len(y), dtype=np.int64)
+    return fit_groups(zero, x, y, np.zeros(len(y)), lam, 1, iters=30)[0]
+
+
+def stack_apply(weights: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
+    return weights[0] + sum(w * f for w, f in zip(weights[1:], features, strict=True))
+
+
+def held_features(train, split: str, seg, item_x, folds, user_params: dict, k_knn: int,
+                  seed: int):  # fmt: skip
+    """Out-of-sample features on a validation share of the training votes, every model refit
+    without it (same settings): (validation votes, {segment, user, pca_clusters, knn_users})."""
+    val = validation_mask(train, seed + 11)
+    fit, held = train.subset(~val), train.subset(val)
+    glob = GlobalVoteModel().fit(fit, item_x, folds[~val])
+    segment = SegmentVoteModel(glob).fit(fit, seg, item_x, folds[~val])
+    user = UserFactorModel(segment, rank=user_params["rank"], shrinkage=user_params["shrinkage"],
+                           bias_shrinkage=user_params["bias_shrinkage"], seed=seed).fit(fit, item_x)
+    ridge, _ = vb.ridge_baseline(fit, item_x, folds[~val])
+    prior = vb.item_prior(fit, ridge)
+    cluster_score, _ = vb.pca_clusters(fit, prior, seed)
+    return held, {
+        "segment": segment.logit(held.user, held.item),
+        "user": user.logit(held.user, held.item),
+        "pca_clusters": cluster_score(held.user, held.item),
+        "knn_users": vb.knn_scores(fit, held.user, held.item, prior, ks=(k_knn,))[k_knn],
+    }
 
 
 def _per_segment(test: VoteData, seg: np.ndarray, scores: dict) -> dict:
@@ -183,9 +224,15 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
             continue
         segment, seg, k_losses = fitted
         user = UserFactorModel(segment, rank=rank, seed=seed).fit(train, item_x)
+        held, feats = held_features(train, split, seg, item_x, folds, user.params(),
+                                    base_params["knn_k"], seed)  # fmt: skip
+        w_seg = stack_fit([feats["segment"], feats["pca_clusters"]], held.y)
+        w_user = stack_fit([feats["user"], feats["knn_users"], feats["pca_clusters"]], held.y)
+        z_seg, z_user = segment.logit(test.user, test.item), user.logit(test.user, test.item)
         scores = {"global": glob.logit(test.user, test.item),
-                  "segment": segment.logit(test.user, test.item),
-                  "user": user.logit(test.user, test.item)} | base_scores  # fmt: skip
+                  "segment": stack_apply(w_seg, [z_seg, base_scores["pca_clusters"]]),
+                  "user": stack_apply(w_user, [z_user, base_scores["knn_users"],
+                                               base_scores["pca_clusters"]])} | base_scores  # fmt: skip
         stats = {m: per_user(test.user, test.y, s, votes.n_users) for m, s in scores.items()}
         accs, diffs, warnings = summarise(stats, COMPARISONS, n_boot, seed)
         per_seg = _per_segment(test, seg, scores)
