@@ -83,9 +83,8 @@ def vote_matrix_csr(train) -> sp.csr_matrix:
     return sp.csr_matrix((train.y, (train.user, train.item)), shape=(train.n_users, train.n_items))
 
 
-def pca_cluster_labels(train, seed: int, k_range=(2, 5)) -> tuple[np.ndarray, int]:
-    """Polis-style clusters: training vote vectors → PCA (2) → K-means, k by silhouette;
-    (cluster per user — users without votes: 0 — and k)."""
+def pca_clusters(train, prior: np.ndarray, seed: int, k_range=(2, 5)):
+    """(score function, k): the smoothed mean vote on the item of the user's vote cluster."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import TruncatedSVD
     from sklearn.metrics import silhouette_score
@@ -101,16 +100,10 @@ def pca_cluster_labels(train, seed: int, k_range=(2, 5)) -> tuple[np.ndarray, in
         sil = silhouette_score(proj[sample], km.labels_[sample])
         if best is None or sil > best[0]:
             best = (sil, k, km.labels_)
-    cluster = np.zeros(train.n_users, dtype=np.int64)
-    if best is None:
-        return cluster, 1
-    cluster[active] = best[2]
-    return cluster, best[1]
-
-
-def pca_clusters(train, prior: np.ndarray, seed: int, k_range=(2, 5)):
-    """(score function, k): the smoothed mean vote on the item of the user's vote cluster."""
-    cluster, k = pca_cluster_labels(train, seed, k_range)
+    cluster = np.zeros(train.n_users, dtype=np.int64)  # users without votes: cluster 0
+    k = 1 if best is None else best[1]
+    if best is not None:
+        cluster[active] = best[2]
     cell = cluster[train.user] * train.n_items + train.item
     pos, neg = counts(cell, train.y, k * train.n_items)
     prior_cells = np.tile(prior, k)

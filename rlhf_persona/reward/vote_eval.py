@@ -98,8 +98,6 @@ def fit_segment_level(glob, train, segment_args: tuple, item_x, folds, seed: int
     candidates = segment_users(fit_part, *segment_args)
     if isinstance(candidates, str):
         return candidates
-    if segment_args[2] == "items":  # Polis's own clusters compete too (the segment nests them)
-        candidates["pca"] = vb.pca_cluster_labels(fit_part, seed)[0]
     losses = {}
     for kk, seg in candidates.items():
         model = SegmentVoteModel(glob).fit(fit_part, seg, item_x, folds[~val])
@@ -107,9 +105,6 @@ def fit_segment_level(glob, train, segment_args: tuple, item_x, folds, seed: int
         losses[kk] = round(float(softplus(-held.y * z).sum()), 1)
     best = min(losses, key=losses.get)
     profiles, option, mode, _, seed_ = segment_args
-    if best == "pca":
-        seg = vb.pca_cluster_labels(train, seed)[0]
-        return SegmentVoteModel(glob).fit(train, seg, item_x, folds), seg, losses
     seg = segment_users(train, profiles, option, mode, best, seed_)
     if isinstance(seg, str):
         return seg
@@ -158,8 +153,7 @@ def stack_apply(weights: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
     return weights[0] + sum(w * f for w, f in zip(weights[1:], features, strict=True))
 
 
-def held_features(train, split: str, seg, item_x, folds, user_params: dict, k_knn: int,
-                  seed: int):  # fmt: skip
+def held_features(train, seg, item_x, folds, user_params: dict, k_knn: int, seed: int):
     """Out-of-sample features on a validation share of the training votes, every model refit
     without it (same settings): (validation votes, {segment, user, pca_clusters, knn_users})."""
     val = validation_mask(train, seed + 11)
@@ -224,15 +218,15 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
             continue
         segment, seg, k_losses = fitted
         user = UserFactorModel(segment, rank=rank, seed=seed).fit(train, item_x)
-        held, feats = held_features(train, split, seg, item_x, folds, user.params(),
+        held, feats = held_features(train, seg, item_x, folds, user.params(),
                                     base_params["knn_k"], seed)  # fmt: skip
         w_seg = stack_fit([feats["segment"], feats["pca_clusters"]], held.y)
         w_user = stack_fit([feats["user"], feats["knn_users"], feats["pca_clusters"]], held.y)
-        z_seg, z_user = segment.logit(test.user, test.item), user.logit(test.user, test.item)
+        pca, knn = base_scores["pca_clusters"], base_scores["knn_users"]
         scores = {"global": glob.logit(test.user, test.item),
-                  "segment": stack_apply(w_seg, [z_seg, base_scores["pca_clusters"]]),
-                  "user": stack_apply(w_user, [z_user, base_scores["knn_users"],
-                                               base_scores["pca_clusters"]])} | base_scores  # fmt: skip
+                  "segment": stack_apply(w_seg, [segment.logit(test.user, test.item), pca]),
+                  "user": stack_apply(w_user, [user.logit(test.user, test.item), knn, pca]),
+                  } | base_scores  # fmt: skip
         stats = {m: per_user(test.user, test.y, s, votes.n_users) for m, s in scores.items()}
         accs, diffs, warnings = summarise(stats, COMPARISONS, n_boot, seed)
         per_seg = _per_segment(test, seg, scores)
@@ -241,7 +235,9 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
             "per_segment": per_seg,
             "worst_segment": {lvl: min(v.values()) for lvl, v in per_seg.items()},
             "params": {"segment": segment.params() | {"val_loss_by_k": k_losses},
-                       "user": user.params()},
+                       "user": user.params(),
+                       "stack": {"segment": np.round(w_seg, 4).tolist(),
+                                 "user": np.round(w_user, 4).tolist()}},
         }  # fmt: skip
         report["warnings"] = warnings
     usable = [o for o in options if isinstance(report["segmentations"].get(o), dict)]
