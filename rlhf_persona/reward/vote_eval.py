@@ -160,8 +160,9 @@ def held_features(train, seg, item_x, folds, user_params: dict, k_knn: int, seed
     fit, held = train.subset(~val), train.subset(val)
     glob = GlobalVoteModel().fit(fit, item_x, folds[~val])
     segment = SegmentVoteModel(glob).fit(fit, seg, item_x, folds[~val])
-    user = UserFactorModel(segment, rank=user_params["rank"], shrinkage=user_params["shrinkage"],
-                           bias_shrinkage=user_params["bias_shrinkage"], seed=seed).fit(fit, item_x)
+    p = user_params
+    user = UserFactorModel(segment, p["rank"], p["shrinkage"], p["bias_shrinkage"], seed)
+    user.fit(fit, item_x)
     ridge, _ = vb.ridge_baseline(fit, item_x, folds[~val])
     prior = vb.item_prior(fit, ridge)
     cluster_score, _ = vb.pca_clusters(fit, prior, seed)
