@@ -7,6 +7,9 @@ behaviour / both) a segment and a user level (``vote_models``); the baselines
 (``vote_baselines``) on the same test votes; both metrics with user-resampled CIs
 (``vote_metrics``) and the CIs of each level against its rival: global − ridge,
 segment − pca_clusters, user − knn_users, plus segment − global, user − segment, user − global.
+The reported segment and user levels are stacked with their rivals' scores (a logistic over
+[segment logit, PCA-cluster score] and [user logit, kNN score, PCA-cluster score]) fitted on
+validation votes that every model was refit without (``held_features``, ``stack_fit``).
 
 The segmentation's behaviour mode ``auto`` picks ``items`` (each user's vote per item, Polis's
 own approach) when items are shared — the median item has ``ITEMS_MIN_VOTERS`` voters or more —
