@@ -62,6 +62,9 @@ def test_levels_beat_baselines_on_planted_low_rank_votes(synthetic_report):
     assert lv["acc_pair"]["user_intercept"]["acc"] == lv["acc_pair"]["global"]["acc"]
     assert lv["diffs"]["user-global"]["acc_vote"]["ci"][0] > 0
     assert synthetic_report["behaviour"]["mode"] == "items"
+    # Stacked on validation votes: the own model's logit keeps a positive weight next to kNN/PCA.
+    stack = lv["params"]["stack"]
+    assert len(stack["user"]) == 4 and stack["user"][1] > 0 and stack["segment"][1] > 0
 
 
 def test_new_users_placed_from_few_shots():

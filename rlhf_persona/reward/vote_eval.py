@@ -7,6 +7,9 @@ behaviour / both) a segment and a user level (``vote_models``); the baselines
 (``vote_baselines``) on the same test votes; both metrics with user-resampled CIs
 (``vote_metrics``) and the CIs of each level against its rival: global − ridge,
 segment − pca_clusters, user − knn_users, plus segment − global, user − segment, user − global.
+The reported segment and user levels are stacked with their rivals' scores (a logistic over
+[segment logit, PCA-cluster score] and [user logit, kNN score, PCA-cluster score]) fitted on
+validation votes that every model was refit without (``held_features``, ``stack_fit``).
 
 The segmentation's behaviour mode ``auto`` picks ``items`` (each user's vote per item, Polis's
 own approach) when items are shared — the median item has ``ITEMS_MIN_VOTERS`` voters or more —
@@ -28,6 +31,7 @@ from rlhf_persona.reward.vote_models import (
     GlobalVoteModel,
     SegmentVoteModel,
     UserFactorModel,
+    fit_groups,
     softplus,
     validation_mask,
     vote_folds,
@@ -138,6 +142,41 @@ def _pick_knn(train: VoteData, prior: np.ndarray, seed: int) -> int:
     return max(acc, key=lambda k: (acc[k], -k))
 
 
+def stack_fit(features: list[np.ndarray], y: np.ndarray, lam: float = 1.0) -> np.ndarray:
+    """Weights of a logistic over ``[1, *features]`` (MAP, weak N(0, 1/λ) prior), fitted on
+    validation votes the features' models never saw; too few votes → the first feature alone."""
+    if len(y) < 50 or len(np.unique(y)) < 2:
+        return np.r_[0.0, 1.0, np.zeros(len(features) - 1)]
+    x = np.column_stack([np.ones(len(y)), *features])
+    zero = np.zeros(len(y), dtype=np.int64)
+    return fit_groups(zero, x, y, np.zeros(len(y)), lam, 1, iters=30)[0]
+
+
+def stack_apply(weights: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
+    return weights[0] + sum(w * f for w, f in zip(weights[1:], features, strict=True))
+
+
+def held_features(train, seg, item_x, folds, user_params: dict, k_knn: int, seed: int):
+    """Out-of-sample features on a validation share of the training votes, every model refit
+    without it (same settings): (validation votes, {segment, user, pca_clusters, knn_users})."""
+    val = validation_mask(train, seed + 11)
+    fit, held = train.subset(~val), train.subset(val)
+    glob = GlobalVoteModel().fit(fit, item_x, folds[~val])
+    segment = SegmentVoteModel(glob).fit(fit, seg, item_x, folds[~val])
+    p = user_params
+    user = UserFactorModel(segment, p["rank"], p["shrinkage"], p["bias_shrinkage"], seed)
+    user.fit(fit, item_x)
+    ridge, _ = vb.ridge_baseline(fit, item_x, folds[~val])
+    prior = vb.item_prior(fit, ridge)
+    cluster_score, _ = vb.pca_clusters(fit, prior, seed)
+    return held, {
+        "segment": segment.logit(held.user, held.item),
+        "user": user.logit(held.user, held.item),
+        "pca_clusters": cluster_score(held.user, held.item),
+        "knn_users": vb.knn_scores(fit, held.user, held.item, prior, ks=(k_knn,))[k_knn],
+    }
+
+
 def _per_segment(test: VoteData, seg: np.ndarray, scores: dict) -> dict:
     out = {}
     for lvl in LEVELS:
@@ -183,9 +222,15 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
             continue
         segment, seg, k_losses = fitted
         user = UserFactorModel(segment, rank=rank, seed=seed).fit(train, item_x)
+        held, feats = held_features(train, seg, item_x, folds, user.params(),
+                                    base_params["knn_k"], seed)  # fmt: skip
+        w_seg = stack_fit([feats["segment"], feats["pca_clusters"]], held.y)
+        w_user = stack_fit([feats["user"], feats["knn_users"], feats["pca_clusters"]], held.y)
+        pca, knn = base_scores["pca_clusters"], base_scores["knn_users"]
         scores = {"global": glob.logit(test.user, test.item),
-                  "segment": segment.logit(test.user, test.item),
-                  "user": user.logit(test.user, test.item)} | base_scores  # fmt: skip
+                  "segment": stack_apply(w_seg, [segment.logit(test.user, test.item), pca]),
+                  "user": stack_apply(w_user, [user.logit(test.user, test.item), knn, pca]),
+                  } | base_scores  # fmt: skip
         stats = {m: per_user(test.user, test.y, s, votes.n_users) for m, s in scores.items()}
         accs, diffs, warnings = summarise(stats, COMPARISONS, n_boot, seed)
         per_seg = _per_segment(test, seg, scores)
@@ -194,7 +239,9 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
             "per_segment": per_seg,
             "worst_segment": {lvl: min(v.values()) for lvl, v in per_seg.items()},
             "params": {"segment": segment.params() | {"val_loss_by_k": k_losses},
-                       "user": user.params()},
+                       "user": user.params(),
+                       "stack": {"segment": np.round(w_seg, 4).tolist(),
+                                 "user": np.round(w_user, 4).tolist()}},
         }  # fmt: skip
         report["warnings"] = warnings
     usable = [o for o in options if isinstance(report["segmentations"].get(o), dict)]
