@@ -30,6 +30,24 @@ def tiny_test_path(model_cache: Path) -> Path:
     return build("embedded:tiny-test", model_cache).path
 
 
+# Debian's Chromium, headless, with the flags this closed network needs (no background fetches).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Playwright) shared by one test module's page tests."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian chromium is missing (scripts/setup.sh installs it)"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture
 def single_thread():
     """Run a test's torch work on one thread (restored after).

@@ -8,16 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 
 from rlhf_persona.config import ExperimentConfig, dump_config
 from rlhf_persona.report import PLOTS, write_report
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 def _card(seg: int, size: int, liked: str, disliked: str, persona: str) -> dict:
@@ -71,17 +67,6 @@ def _run(tmp_path: Path, rounds: int) -> Path:
                                  "personalized": "Hey 😀"}]}  # fmt: skip
     (last / "samples.json").write_text(json.dumps(samples))
     return run
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Debian chromium is missing (scripts/setup.sh installs it)"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 def _open(browser, index: Path, shot: str):

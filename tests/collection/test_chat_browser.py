@@ -7,26 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 from collection_helpers import HASH_KEY
 
 from rlhf_persona.feedback.store import FeedbackStore
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Debian chromium is missing (scripts/setup.sh installs it)"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 def _link(chat_service, user_id: str) -> str:

@@ -38,8 +38,8 @@ from rlhf_persona.api.chat_schemas import (
 )
 from rlhf_persona.api.chat_state import ChatState
 from rlhf_persona.api.deps import api_key_header, check_role, collector, get_store
-from rlhf_persona.api.responses import JSON, error_body
-from rlhf_persona.api.routes.feedback import SUCCESS_STATUS
+from rlhf_persona.api.responses import JSON
+from rlhf_persona.api.routes.feedback import record_one
 from rlhf_persona.api.schemas import ERRORS, EventResultOut
 from rlhf_persona.feedback.errors import Gone, NotFound, StoreError
 from rlhf_persona.feedback.privacy import mask_pii
@@ -230,8 +230,4 @@ async def chat_feedback(body: ChatFeedbackIn, request: Request, creds: Credentia
         event = FeedbackEventIn(**body.model_dump(exclude={"user_id"}), user_id=user_id)
     except ValidationError as exc:  # cross-field rules (e.g. a rating without a value)
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    [result] = await request.app.state.writer.submit([event])
-    if result.status == "error":
-        return JSON(error_body(result.message, result.field, event_id=result.event_id),
-                    result.code or 422)  # fmt: skip
-    return JSON(result.to_dict(), SUCCESS_STATUS[result.status])
+    return await record_one(request, event)

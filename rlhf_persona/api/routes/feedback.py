@@ -28,6 +28,16 @@ Store = Annotated[FeedbackStore, Depends(get_store)]
 SUCCESS_STATUS = {"created": 201, "updated": 201, "duplicate": 200}
 
 
+async def record_one(request: Request, event: FeedbackEventIn) -> JSON:
+    """Commit one validated event through the writer and answer as ``POST /feedback`` does
+    (the chat page's feedback answers the same way)."""
+    [result] = await request.app.state.writer.submit([event])
+    if result.status == "error":
+        return JSON(error_body(result.message, result.field, event_id=result.event_id),
+                    result.code or 422)  # fmt: skip
+    return JSON(result.to_dict(), SUCCESS_STATUS[result.status])
+
+
 class _Batch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     events: list[FeedbackEventIn]
@@ -75,11 +85,7 @@ async def post_feedback(request: Request) -> JSON:
         event = FeedbackEventIn.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    [result] = await request.app.state.writer.submit([event])
-    if result.status == "error":
-        return JSON(error_body(result.message, result.field, event_id=result.event_id),
-                    result.code or 422)  # fmt: skip
-    return JSON(result.to_dict(), SUCCESS_STATUS[result.status])
+    return await record_one(request, event)
 
 
 @router.post(
