@@ -325,3 +325,35 @@ def best_of_n_thumbs(users: Users, items: EvalItems, generator, reward, ns=(1, 4
             "p50_latency_s": float(np.median(latency)),
         }
     return out
+
+
+def acceptance_checks(record: dict, population, min_gain: float = 0.15,
+                      min_minority_gain: float = 0.2) -> dict:  # fmt: skip
+    """The closed loop's claim on one round's evaluation record (``round.json``'s ``eval``):
+    every true segment's personalized thumbs-up rate ≥ base + ``min_gain`` and ≥ the global
+    policy's, and the smallest segment (the minority) gains ≥ ``min_minority_gain`` over base.
+
+    Returns the rates per segment (base / global / personalized), the minority and its gain, and
+    ``checks`` (name → bool)."""
+    thumbs = {
+        seg: {p: round(v[p]["thumbs_up"], 4) for p in ("base", "global", "personalized")}
+        for seg, v in record["segments"].items()
+    }
+    shares = population.shares
+    minority = population.segments[min(range(len(shares)), key=shares.__getitem__)].name
+    gain = thumbs[minority]["personalized"] - thumbs[minority]["base"] if minority in thumbs else None
+    return {
+        "thumbs_up": thumbs,
+        "minority_segment": minority,
+        "minority_gain": None if gain is None else round(gain, 4),
+        "checks": {
+            f"personalized_ge_base_plus_{min_gain}": all(
+                v["personalized"] >= v["base"] + min_gain for v in thumbs.values()
+            ),
+            "personalized_ge_global": all(
+                v["personalized"] >= v["global"] for v in thumbs.values()
+            ),
+            f"minority_gain_ge_{min_minority_gain}": gain is not None
+            and gain >= min_minority_gain,
+        },
+    }

@@ -374,7 +374,7 @@ class Loop:
             self.users,
             assignments,
             lc.eval_users_per_segment,
-            lc.eval_prompts_per_user,
+            self._eval_prompts(r),
             self.cfg.run.seed,
         )
         best_of_n, diagnostic = self.cfg.reward.best_of_n, lc.eval_diagnostic_prompts
@@ -393,6 +393,12 @@ class Loop:
                 best_of_n=best_of_n,
                 diagnostic_prompts=diagnostic,
             )
+
+    def _eval_prompts(self, r: int) -> int:
+        lc = self.cfg.loop
+        if r == lc.rounds - 1 and lc.final_eval_prompts_per_user is not None:
+            return lc.final_eval_prompts_per_user
+        return lc.eval_prompts_per_user
 
     # -- resume ---------------------------------------------------------------------------
     def _read_round(self, r: int) -> dict:

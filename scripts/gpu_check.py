@@ -110,33 +110,6 @@ def training_speed(run_dir: Path, rounds: int) -> dict:
     return {"adapter_steps": int(steps), "train_s": round(seconds, 2), "steps_per_s": rate}
 
 
-def checks(last: dict, population) -> dict:
-    thumbs = {
-        seg: {p: round(v[p]["thumbs_up"], 4) for p in ("base", "global", "personalized")}
-        for seg, v in last["segments"].items()
-    }
-    minority = population.segments[
-        min(range(len(population.shares)), key=population.shares.__getitem__)
-    ].name
-    gain = (
-        thumbs[minority]["personalized"] - thumbs[minority]["base"] if minority in thumbs else None
-    )
-    return {
-        "thumbs_up": thumbs,
-        "minority_segment": minority,
-        "minority_gain": None if gain is None else round(gain, 4),
-        "checks": {
-            "personalized_ge_base_plus_0.15": all(
-                v["personalized"] >= v["base"] + 0.15 for v in thumbs.values()
-            ),
-            "personalized_ge_global": all(
-                v["personalized"] >= v["global"] for v in thumbs.values()
-            ),
-            "minority_gain_ge_0.2": gain is not None and gain >= 0.2,
-        },
-    }
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
@@ -153,6 +126,7 @@ def main() -> int:
         print(json.dumps({"error": "no CUDA device; use --dry-run to check the path on CPU"}))
         return 2
     from rlhf_persona.config import load_config
+    from rlhf_persona.evaluation import acceptance_checks
     from rlhf_persona.loop import run_loop
     from rlhf_persona.models import resolve_model_path
     from rlhf_persona.simulation import load_population
@@ -192,7 +166,7 @@ def main() -> int:
         "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if cfg.models.device == "cuda"
         else None,
-        **checks(rounds[-1]["eval"], load_population(cfg.population.name)),
+        **acceptance_checks(rounds[-1]["eval"], load_population(cfg.population.name)),
     }
     out["passed"] = all(out["checks"].values())
     print(json.dumps(out))
