@@ -41,6 +41,7 @@ TINY = {
         "rm_candidates": 2,
         "eval_users_per_segment": 2,
         "eval_prompts_per_user": 1,
+        "final_eval_prompts_per_user": 2,  # the last round: twice the rows
         "embed_features": False,
         "feedback_window": 1,  # each round learns from its own round's feedback only
     },
@@ -106,6 +107,10 @@ def test_loop_records_per_segment_evaluation(interrupted_then_resumed):
     assert last["kl"]["personalized"] >= 0.0
     assert "reward" in last and 0.0 <= last["reward"]["worst_acc"] <= 1.0
     assert "report:" in stdout and "thumbs-up rate per segment" in stdout
+    # round 0 asks each evaluated user 1 held-out prompt, the last round 2
+    first = json.loads((run_dir / "round_0" / "round.json").read_text())["eval"]
+    rows = [sum(v["base"]["n"] for v in rec["segments"].values()) for rec in (first, last)]
+    assert rows == [4, 8]  # 2 users of each of 2 segments
     # best-of-n serving with the user-level reward is evaluated beside the policies
     assert last["best_of_n"]["n"] == 2 and last["best_of_n"]["latency_s_per_request"] > 0
     assert all(0.0 <= v["best_of_n"]["thumbs_up"] <= 1.0 for v in last["segments"].values())
@@ -233,6 +238,39 @@ def test_drift_recovery_counts_rounds_after_the_move():
     assert (out["before"], out["first_after"], out["rounds_to_recover"]) == (0.7, 0.3, 3)
     never = drift_recovery(_records(enumerate([0.5, 0.7, 0.3, 0.4])), "s", after_round=1)
     assert never["rounds_to_recover"] is None
+
+
+def _eval_record(rates: dict) -> dict:
+    """An evaluation record with thumbs-up rates segment → (base, global, personalized)."""
+    return {"segments": {
+        seg: {p: {"thumbs_up": t} for p, t in zip(("base", "global", "personalized"), v)}
+        for seg, v in rates.items()
+    }}  # fmt: skip
+
+
+def test_acceptance_checks_name_what_failed():
+    from rlhf_persona.evaluation import acceptance_checks
+    from rlhf_persona.simulation import load_population
+
+    pop = load_population("four_segments")  # formal_experts is the 10% minority
+    good = {"casual_young": (0.3, 0.5, 0.6), "practical_pros": (0.1, 0.2, 0.3),
+            "hobbyists": (0.2, 0.3, 0.4), "formal_experts": (0.4, 0.3, 0.7)}  # fmt: skip
+    out = acceptance_checks(_eval_record(good), pop)
+    assert out["minority_segment"] == "formal_experts" and out["minority_gain"] == 0.3
+    assert all(out["checks"].values())
+    short = {**good, "practical_pros": (0.1, 0.2, 0.24)}  # +.14 < +.15
+    assert acceptance_checks(_eval_record(short), pop)["checks"] == {
+        "personalized_ge_base_plus_0.15": False,
+        "personalized_ge_global": True,
+        "minority_gain_ge_0.2": True,
+    }
+    below_global = {**good, "hobbyists": (0.1, 0.45, 0.4)}
+    assert not acceptance_checks(_eval_record(below_global), pop)["checks"][
+        "personalized_ge_global"
+    ]
+    weak_minority = {**good, "formal_experts": (0.6, 0.3, 0.79)}
+    out = acceptance_checks(_eval_record(weak_minority), pop)
+    assert out["minority_gain"] == 0.19 and not out["checks"]["minority_gain_ge_0.2"]
 
 
 def test_loop_generates_in_the_configured_batches(tmp_path):

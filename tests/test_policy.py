@@ -329,6 +329,59 @@ def test_generated_replies_are_cleaned_of_nul_characters():
     assert clean_reply("  Sure\x00, here\x00 it is \n") == "Sure, here it is"
 
 
+def _left_padded_prompts(tokenizer, n: int) -> dict:
+    from rlhf_persona.policy.common import pad_left, render_prompt
+
+    texts = [render_prompt(tokenizer, PROMPTS[i % len(PROMPTS)] * (1 + i % 3), None)
+             for i in range(n)]  # fmt: skip
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return pad_left(ids, tokenizer.pad_token_id, "cpu")
+
+
+def test_shrinking_batch_decodes_as_generate_does(tiny_test_path):
+    """Greedy, the loop that drops finished rows gives ``generate``'s tokens for every row,
+    also once rows of different lengths have left the batch; sampling is reproducible."""
+    from rlhf_persona.policy.common import load_base, stop_token_ids
+    from rlhf_persona.policy.decode import sample_shrinking
+
+    model, tok = load_base(SPEC, "cpu", False, tiny_test_path.parent, None)
+    stops = stop_token_ids(model, tok)
+    enc = _left_padded_prompts(tok, 12)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=stops)  # fmt: skip
+    expected = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    tokens = sample_shrinking(model, enc["input_ids"], enc["attention_mask"], 24, 0.0, 1.0, stops)
+    assert tok.batch_decode(tokens, skip_special_tokens=True) == expected
+    lengths = [len(t) for t in tokens]
+    assert min(lengths) < 24 and len(set(lengths)) > 1  # rows really left the batch early
+    assert all(t[-1] in stops for t in tokens if len(t) < 24)  # each ends on its stop token
+
+    def sampled(seed: int) -> list[list[int]]:
+        torch.manual_seed(seed)
+        return sample_shrinking(model, enc["input_ids"], enc["attention_mask"], 24, 1.0, 0.9,
+                                stops)  # fmt: skip
+
+    assert sampled(3) == sampled(3) and sampled(3) != sampled(4)
+
+
+def test_top_p_keeps_the_smallest_nucleus_and_penalties_go_to_generate():
+    from transformers import GenerationConfig
+
+    from rlhf_persona.policy.decode import next_tokens, shrinking_applies
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 2000))
+    torch.manual_seed(0)
+    picked = next_tokens(logits, 1.0, 0.7)  # nucleus {0, 1}: 0.5 < 0.7 ≤ 0.8
+    assert set(picked.tolist()) == {0, 1}
+    assert abs((picked == 0).float().mean().item() - 0.5 / 0.8) < 0.04
+    assert set(next_tokens(logits, 1.0, 0.4).tolist()) == {0}
+    assert (next_tokens(logits[:3], 0.0, 1.0) == 0).all()
+    assert shrinking_applies(GenerationConfig())
+    assert not shrinking_applies(GenerationConfig(repetition_penalty=1.1))
+    assert not shrinking_applies(GenerationConfig(no_repeat_ngram_size=3))
+
+
 def test_adapter_of_another_model_is_a_clear_error(tmp_path, tiny_test_path):
     """Loading an adapter trained on a model of other shapes (e.g. a run resumed after an
     embedded model was rebuilt) names the adapter and what to do, not PEFT's size dump."""

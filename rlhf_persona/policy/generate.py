@@ -30,6 +30,7 @@ from rlhf_persona.policy.common import (
     resolve_device,
     stop_token_ids,
 )
+from rlhf_persona.policy.decode import sample_shrinking, shrinking_applies
 from rlhf_persona.policy.registry import BASE, GLOBAL, AdapterRegistry
 from rlhf_persona.policy.strategies import Route
 
@@ -234,6 +235,10 @@ class PolicyGenerator:
     def _generate_batch(self, backend, texts, max_new_tokens, temperature, top_p) -> list[str]:
         tok = backend.tokenizer
         enc = _encode_left_padded(tok, texts, self.device)
+        if self.device == "cpu" and shrinking_applies(backend.model.generation_config):
+            new_ids = sample_shrinking(backend.model, enc["input_ids"], enc["attention_mask"],
+                                       max_new_tokens, temperature, top_p, _stop_ids(backend))
+            return [clean_reply(t) for t in tok.batch_decode(new_ids, skip_special_tokens=True)]
         sample = temperature > 0
         out = backend.model.generate(
             **enc,
