@@ -341,7 +341,9 @@ def acceptance_checks(record: dict, population, min_gain: float = 0.15,
     }
     shares = population.shares
     minority = population.segments[min(range(len(shares)), key=shares.__getitem__)].name
-    gain = thumbs[minority]["personalized"] - thumbs[minority]["base"] if minority in thumbs else None
+    gain = (
+        thumbs[minority]["personalized"] - thumbs[minority]["base"] if minority in thumbs else None
+    )
     return {
         "thumbs_up": thumbs,
         "minority_segment": minority,
@@ -353,7 +355,6 @@ def acceptance_checks(record: dict, population, min_gain: float = 0.15,
             "personalized_ge_global": all(
                 v["personalized"] >= v["global"] for v in thumbs.values()
             ),
-            f"minority_gain_ge_{min_minority_gain}": gain is not None
-            and gain >= min_minority_gain,
+            f"minority_gain_ge_{min_minority_gain}": gain is not None and gain >= min_minority_gain,
         },
     }

@@ -58,8 +58,11 @@ def run_seed(config: str, overrides: list[str], seed: int) -> dict:
         "stage_s_per_round": [rec["stage_s"] for rec in rounds],
         **accepted,
         "gain_ci95": {
-            seg: {"mean": round(g["vs_base"]["mean"], 4), "n": g["vs_base"]["n"],
-                  "ci95": [round(x, 4) for x in g["vs_base"]["ci95"]]}
+            seg: {
+                "mean": round(g["vs_base"]["mean"], 4),
+                "n": g["vs_base"]["n"],
+                "ci95": [round(x, 4) for x in g["vs_base"]["ci95"]],
+            }
             for seg, g in last.get("gain", {}).items()
         },
         "kl": last["kl"],

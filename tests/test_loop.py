@@ -242,10 +242,13 @@ def test_drift_recovery_counts_rounds_after_the_move():
 
 def _eval_record(rates: dict) -> dict:
     """An evaluation record with thumbs-up rates segment → (base, global, personalized)."""
-    return {"segments": {
-        seg: {p: {"thumbs_up": t} for p, t in zip(("base", "global", "personalized"), v)}
-        for seg, v in rates.items()
-    }}  # fmt: skip
+    policies = ("base", "global", "personalized")
+    return {
+        "segments": {
+            seg: {p: {"thumbs_up": t} for p, t in zip(policies, v, strict=True)}
+            for seg, v in rates.items()
+        }
+    }
 
 
 def test_acceptance_checks_name_what_failed():

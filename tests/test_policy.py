@@ -348,8 +348,8 @@ def test_shrinking_batch_decodes_as_generate_does(tiny_test_path):
     stops = stop_token_ids(model, tok)
     enc = _left_padded_prompts(tok, 12)
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id,
-                             eos_token_id=stops)  # fmt: skip
+        out = model.generate(**enc, max_new_tokens=24, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=stops)  # fmt: skip
     expected = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     tokens = sample_shrinking(model, enc["input_ids"], enc["attention_mask"], 24, 0.0, 1.0, stops)
     assert tok.batch_decode(tokens, skip_special_tokens=True) == expected

@@ -73,7 +73,10 @@ def sample_shrinking(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
             keep = going.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             rows, chosen, next_position, mask = (
-                rows[keep], chosen[keep], next_position[keep], mask[keep]
+                rows[keep],
+                chosen[keep],
+                next_position[keep],
+                mask[keep],
             )
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
         logits = model(input_ids=chosen[:, None], attention_mask=mask,

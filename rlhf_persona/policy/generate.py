@@ -3,8 +3,9 @@
 ``PolicyGenerator`` loads each base model once and every adapter of a registry onto it (PEFT
 ``load_adapter`` by name). A call groups its requests by route (adapter + system prompt), switches
 the adapter once per group (``set_adapter``; ``disable_adapter`` for ``base``) and generates the
-group in left-padded batches. A lock around switch + generate makes one generator safe to share
-between the threads of a web service.
+group in left-padded batches (on CPU with ``decode.sample_shrinking``, whose batches shed finished
+replies; elsewhere with ``generate``). A lock around switch + generate makes one generator safe to
+share between the threads of a web service.
 
 Keys name who a request is for: a segment id, ``"global"`` (pooled-data baseline) or ``"base"``
 (adapters off). Segments without a policy of their own fall back to ``global`` (see
@@ -236,8 +237,15 @@ class PolicyGenerator:
         tok = backend.tokenizer
         enc = _encode_left_padded(tok, texts, self.device)
         if self.device == "cpu" and shrinking_applies(backend.model.generation_config):
-            new_ids = sample_shrinking(backend.model, enc["input_ids"], enc["attention_mask"],
-                                       max_new_tokens, temperature, top_p, _stop_ids(backend))
+            new_ids = sample_shrinking(
+                backend.model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                max_new_tokens,
+                temperature,
+                top_p,
+                _stop_ids(backend),
+            )
             return [clean_reply(t) for t in tok.batch_decode(new_ids, skip_special_tokens=True)]
         sample = temperature > 0
         out = backend.model.generate(
