@@ -65,6 +65,10 @@ def test_levels_beat_baselines_on_planted_low_rank_votes(synthetic_report):
     # Stacked on validation votes: the own model's logit keeps a positive weight next to kNN/PCA.
     stack = lv["params"]["stack"]
     assert len(stack["user"]) == 4 and stack["user"][1] > 0 and stack["segment"][1] > 0
+    # The segment level mixes the segmentations (k) by weights stacked on validation votes.
+    seg_params = lv["params"]["segment"]
+    assert sum(seg_params["mixture_weights"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert set(seg_params["mixture_weights"]) <= set(seg_params["val_loss_by_k"])
 
 
 def test_new_users_placed_from_few_shots():
@@ -84,10 +88,15 @@ def test_new_users_placed_from_few_shots():
                                         item_x, folds, 0)  # fmt: skip
     user = UserFactorModel(seg_model).fit(train, item_x)
     before = user.theta_.copy()
+    unplaced = seg_model.main.posterior_[new].copy()
     test = votes.subset(is_new & ~first)
     z0 = user.logit(test.user, test.item)
     user.place(votes.subset(first), new)
     assert np.array_equal(user.theta_[:250], before[:250])  # others untouched
+    # place() moved the new users' segment posteriors off the segment shares (no votes).
+    assert np.allclose(unplaced, unplaced[0])
+    placed = seg_model.main.posterior_[new]
+    assert np.abs(placed - unplaced).max() > 0.5 and np.allclose(placed.sum(1), 1)
     acc0 = (np.sign(z0) == test.y).mean()
     acc1 = (np.sign(user.logit(test.user, test.item)) == test.y).mean()
     print("new users: before", acc0, "after 20 shots", acc1)
@@ -165,3 +174,72 @@ def test_store_with_ab_choices_only_uses_sampled_pair_models(tmp_path):
     assert report["metric"].startswith("within-user pairwise")
     assert report["notes"] and "sampled 400 of" in report["notes"][0]
     assert report["pairs"] == 400 and report["test_pairs"] > 0
+
+
+def test_segment_posterior_mixes_few_vote_users_and_places_many_vote_users():
+    """Soft placement: a user with no votes gets the segment shares, one with many votes the
+    planted segment; users placed from 2 votes predict their other votes better as a mixture
+    over segments than pinned to the likeliest one (log loss)."""
+    from rlhf_persona.reward.vote_models import (
+        GlobalVoteModel,
+        SegmentVoteModel,
+        softplus,
+        vote_folds,
+    )
+
+    votes, item_x = synthetic_votes(500, 120, 30_000, seed=3)
+    planted = np.asarray(votes.report["planted_segments"])
+    few = np.arange(400, 500)  # users keeping 2 training votes each
+    shots = np.zeros(len(votes), bool)
+    for u in few:
+        shots[np.flatnonzero(votes.user == u)[:2]] = True
+    is_few = np.isin(votes.user, few)
+    train, test = votes.subset(~is_few | shots), votes.subset(is_few & ~shots)
+    seg = np.where(np.arange(500) < 400, planted, -1)  # few-vote users: not assigned
+    folds = vote_folds(train, 5, 0)
+    glob = GlobalVoteModel().fit(train, item_x, folds)
+    soft = SegmentVoteModel(glob).fit(train, seg, item_x, folds)
+
+    shares = np.bincount(planted[:400], minlength=4) + 1.0
+    no_votes = soft.segment_posterior(train.subset(train.user < 400))[few]
+    assert np.allclose(no_votes, shares / shares.sum())
+    many = np.bincount(train.user, minlength=500) >= 40
+    assert (soft.posterior_[many].argmax(1) == planted[many]).mean() > 0.9
+    assert soft.posterior_[few].max(1).mean() < 0.9  # two votes do not settle a segment
+
+    pinned = seg.copy()
+    pinned[few] = soft.segments_[soft.posterior_[few].argmax(1)]
+    hard = SegmentVoteModel(glob, soft=False).fit(train, pinned, item_x, folds)
+
+    def loss(model):
+        return float(softplus(-test.y * model.logit(test.user, test.item)).mean())
+
+    print("few-vote users' log loss: mixture", loss(soft), "pinned", loss(hard))
+    assert loss(soft) < loss(hard) - 0.01
+
+
+def test_mixture_weights_favour_the_candidate_that_predicts_held_out_votes():
+    from rlhf_persona.reward.vote_models import mixture_weights
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.1, 0.9, 2000)
+    y = rng.random(2000) < truth
+    good = np.where(y, truth, 1 - truth)  # probability of the observed vote
+    flat = np.full(2000, 0.5)
+    w = mixture_weights(np.array([flat, good, flat]))
+    assert w.sum() == pytest.approx(1.0) and w[1] > 0.8
+    w_same = mixture_weights(np.array([good, good]))
+    assert np.allclose(w_same, 0.5)
+
+
+def test_validation_like_the_user_split_holds_out_half_of_some_users():
+    from rlhf_persona.reward.vote_eval import validation_like
+    from rlhf_persona.reward.vote_models import validation_mask
+
+    votes, _ = synthetic_votes(400, 60, 12_000, seed=4)
+    val = validation_like(votes, "user", 0)
+    held_users = np.unique(votes.user[val])
+    assert 0.2 < len(held_users) / 400 < 0.4  # about 30% of the users …
+    share = val[np.isin(votes.user, held_users)].mean()
+    assert 0.4 < share < 0.6  # … each keeping about half of their votes for training
+    assert np.array_equal(validation_like(votes, "item", 0), validation_mask(votes, 0))

@@ -7,9 +7,14 @@ behaviour / both) a segment and a user level (``vote_models``); the baselines
 (``vote_baselines``) on the same test votes; both metrics with user-resampled CIs
 (``vote_metrics``) and the CIs of each level against its rival: global − ridge,
 segment − pca_clusters, user − knn_users, plus segment − global, user − segment, user − global.
-The reported segment and user levels are stacked with their rivals' scores (a logistic over
-[segment logit, PCA-cluster score] and [user logit, kNN score, PCA-cluster score]) fitted on
-validation votes that every model was refit without (``held_features``, ``stack_fit``).
+The segment level is a mixture over candidate segmentations (k = 2..8), weights stacked on
+validation votes (``fit_segment_level``). The reported segment and user levels are stacked with
+their rivals' scores (a logistic over [segment logit, PCA-cluster score] and [user logit, kNN
+score, PCA-cluster score]) fitted on validation votes that every model was refit without
+(``held_features``, ``stack_fit``). On the ``user`` split the validation votes of both (the
+mixture weights, the stack) are drawn the way the test split is (``validation_like``: held-out
+users keeping half their votes), so the weights learn how reliable each model is for users
+placed from a few votes.
 
 The segmentation's behaviour mode ``auto`` picks ``items`` (each user's vote per item, Polis's
 own approach) when items are shared — the median item has ``ITEMS_MIN_VOTERS`` voters or more —
@@ -29,9 +34,11 @@ from rlhf_persona.reward import vote_baselines as vb
 from rlhf_persona.reward.vote_metrics import per_user, summarise
 from rlhf_persona.reward.vote_models import (
     GlobalVoteModel,
+    SegmentMixture,
     SegmentVoteModel,
     UserFactorModel,
     fit_groups,
+    mixture_weights,
     softplus,
     validation_mask,
     vote_folds,
@@ -46,6 +53,19 @@ COMPARISONS = (("global", "ridge"), ("segment", "pca_clusters"), ("user", "knn_u
                ("user", "global"))  # fmt: skip
 ITEMS_MIN_VOTERS = 5
 FOLDS = 5
+MIN_MIXTURE_WEIGHT = 0.02  # segmentations below this stacking weight are not refit
+
+
+def validation_like(train: VoteData, split: str, seed: int, share: float = 0.15) -> np.ndarray:
+    """Validation votes drawn the way ``split`` draws its test votes: for ``user``, a share
+    (2 × ``share``) of the users, each holding out half of their training votes — so weights
+    picked on them see users placed from few votes, as the held-out users are; otherwise a
+    random ``share`` of the votes (``validation_mask``)."""
+    if split != "user":
+        return validation_mask(train, seed, share)
+    rng = np.random.default_rng(seed + 7)
+    held = rng.random(train.n_users) < 2 * share
+    return held[train.user] & (rng.random(len(train)) < 0.5)
 
 
 def choose_behaviour(votes: VoteData, behaviour: str) -> tuple[str, str]:
@@ -92,27 +112,47 @@ def segment_users(train: VoteData, profiles: list[dict], option: str, mode: str,
     return out or "unavailable: too few users with feedback to form segments"
 
 
-def fit_segment_level(glob, train, segment_args: tuple, item_x, folds, seed: int):
-    """The segment level with k chosen by validation: segmentations and segment models fit
-    without a validation share of the training votes, the k whose model predicts those votes
-    best wins (k = how well segments predict votes, not a silhouette); then refit on all."""
-    val = validation_mask(train, seed)
+def segment_mixture(glob, votes, segs: dict, item_x, folds) -> SegmentMixture:
+    """The mixture of segment levels, one per segmentation in ``segs`` ({k: (segment id per
+    user, weight)}), each fit on ``votes``."""
+    models = [SegmentVoteModel(glob).fit(votes, seg, item_x, folds) for seg, _ in segs.values()]
+    return SegmentMixture(models, [w for _, w in segs.values()])
+
+
+def fit_segment_level(glob, train, segment_args: tuple, item_x, folds, seed: int,
+                      split: str = "item"):  # fmt: skip
+    """The segment level as a mixture over segmentations (k), weighted by validation:
+    segmentations and segment models fit without a validation share of the training votes
+    (drawn like the test split, ``validation_like``), the mixture weights that predict those
+    votes best (``mixture_weights``: Bayesian stacking; a flat validation curve over k keeps
+    several k instead of betting on a noisy argmax); the segmentations that carry weight are
+    refit on all training votes. Returns (mixture, {k: (segments, weight)}, validation info)."""
+    val = validation_like(train, split, seed)
     fit_part, held = train.subset(~val), train.subset(val)
     candidates = segment_users(fit_part, *segment_args)
     if isinstance(candidates, str):
         return candidates
-    losses = {}
+    losses, probs = {}, []
     for kk, seg in candidates.items():
         model = SegmentVoteModel(glob).fit(fit_part, seg, item_x, folds[~val])
-        z = model.logit(held.user, held.item)
-        losses[kk] = round(float(softplus(-held.y * z).sum()), 1)
-    best = min(losses, key=losses.get)
-    profiles, option, mode, _, seed_ = segment_args
-    seg = segment_users(train, profiles, option, mode, best, seed_)
-    if isinstance(seg, str):
-        return seg
-    seg = seg[best]
-    return SegmentVoteModel(glob).fit(train, seg, item_x, folds), seg, losses
+        vote_loss = softplus(-held.y * model.logit(held.user, held.item))
+        losses[kk] = round(float(vote_loss.sum()), 1)
+        probs.append(np.exp(-vote_loss))
+    weights = dict(zip(candidates, mixture_weights(np.array(probs)), strict=True))
+    full = segment_users(train, *segment_args)
+    if isinstance(full, str):
+        return full
+    keep = {kk: w for kk, w in weights.items() if w >= MIN_MIXTURE_WEIGHT and kk in full}
+    if not keep:  # the weighted k did not segment all votes: the best-predicting k that did
+        kk = min(full, key=lambda kk: losses.get(kk, np.inf))
+        keep = {kk: 1.0}
+    total = sum(keep.values())
+    segs = {kk: (full[kk], w / total) for kk, w in keep.items()}
+    info = {
+        "val_loss_by_k": losses,
+        "mixture_weights": {kk: round(float(w) / total, 4) for kk, w in keep.items()},
+    }
+    return segment_mixture(glob, train, segs, item_x, folds), segs, info
 
 
 def _scores_baselines(train, test, item_x, folds, global_model, seed) -> tuple[dict, dict]:
@@ -156,13 +196,19 @@ def stack_apply(weights: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
     return weights[0] + sum(w * f for w, f in zip(weights[1:], features, strict=True))
 
 
-def held_features(train, seg, item_x, folds, user_params: dict, k_knn: int, seed: int):
-    """Out-of-sample features on a validation share of the training votes, every model refit
-    without it (same settings): (validation votes, {segment, user, pca_clusters, knn_users})."""
-    val = validation_mask(train, seed + 11)
+def held_features(train, segs: dict, item_x, folds, user_params: dict, k_knn: int, seed: int,
+                  split: str = "item"):  # fmt: skip
+    """Out-of-sample features on a validation share of the training votes (drawn like the
+    test split, ``validation_like``), every model refit without it (same settings, same
+    segmentations and mixture weights): (validation votes, {segment, user, pca_clusters,
+    knn_users})."""
+    if split == "user":
+        val = validation_like(train, split, seed + 4)
+    else:  # the other splits keep the draw they had
+        val = validation_mask(train, seed + 11)
     fit, held = train.subset(~val), train.subset(val)
     glob = GlobalVoteModel().fit(fit, item_x, folds[~val])
-    segment = SegmentVoteModel(glob).fit(fit, seg, item_x, folds[~val])
+    segment = segment_mixture(glob, fit, segs, item_x, folds[~val])
     p = user_params
     user = UserFactorModel(segment, p["rank"], p["shrinkage"], p["bias_shrinkage"], seed)
     user.fit(fit, item_x)
@@ -216,14 +262,15 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
     for option in options:
         step(f"segmentation {option!r} ({mode}) + segment and user levels")
         fitted = fit_segment_level(glob, train, (profiles, option, mode, k, seed), item_x,
-                                   folds, seed)  # fmt: skip
+                                   folds, seed, split)  # fmt: skip
         if isinstance(fitted, str):
             report["segmentations"][option] = fitted
             continue
-        segment, seg, k_losses = fitted
+        segment, segs, seg_info = fitted
+        seg = segment.segment_of_user_  # the segmentation with the largest weight
         user = UserFactorModel(segment, rank=rank, seed=seed).fit(train, item_x)
-        held, feats = held_features(train, seg, item_x, folds, user.params(),
-                                    base_params["knn_k"], seed)  # fmt: skip
+        held, feats = held_features(train, segs, item_x, folds, user.params(),
+                                    base_params["knn_k"], seed, split)  # fmt: skip
         w_seg = stack_fit([feats["segment"], feats["pca_clusters"]], held.y)
         w_user = stack_fit([feats["user"], feats["knn_users"], feats["pca_clusters"]], held.y)
         pca, knn = base_scores["pca_clusters"], base_scores["knn_users"]
@@ -238,7 +285,7 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
             **accs, "diffs": diffs, "k": int(len(np.unique(seg))),
             "per_segment": per_seg,
             "worst_segment": {lvl: min(v.values()) for lvl, v in per_seg.items()},
-            "params": {"segment": segment.params() | {"val_loss_by_k": k_losses},
+            "params": {"segment": segment.params() | seg_info,
                        "user": user.params(),
                        "stack": {"segment": np.round(w_seg, 4).tolist(),
                                  "user": np.round(w_user, 4).tolist()}},

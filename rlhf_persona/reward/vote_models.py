@@ -11,7 +11,11 @@
   learned, an unseen one is scored from its text alone.
 * **segment** ``z_s(i) = z_g(i) + v_s · e'_i + d_{s,i}``: per segment a text deviation on the
   embedding's principal components and a per-(segment, item) deviation, both shrunk toward the
-  global level (cross-validated).
+  global level (cross-validated). A user is not pinned to one segment: their prediction is the
+  mixture ``Σ_s P(s | their votes) σ(z_s(i))`` (prior = segment shares), so a user with one or
+  two votes gets the population's mixture, not a segment guessed from those votes.
+  ``SegmentMixture`` mixes the segment levels of several segmentations (k), weights stacked on
+  validation votes.
 * **user** ``z_u(i) = z_s(i) + b_u + p_u · q_i``: a per-user intercept and ``rank`` per-user
   weights over a basis of item factors shared by everybody (LoRe-style: the top singular
   vectors of the users × items residual of the segment level, which pools all users' votes).
@@ -45,6 +49,12 @@ def softplus(x: np.ndarray) -> np.ndarray:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def prob_logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities (clipped away from 0 and 1)."""
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p) - np.log1p(-p)
 
 
 def group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
@@ -214,10 +224,12 @@ def pca_basis(item_x: np.ndarray, dims: int) -> np.ndarray:
 class SegmentVoteModel:
     """Level 2 (module docstring): the global level plus shrunk per-segment deviations."""
 
-    def __init__(self, base: GlobalVoteModel, dims: int = 16, text_shrinkage: float = 30.0):
+    def __init__(self, base: GlobalVoteModel, dims: int = 16, text_shrinkage: float = 30.0,
+                 soft: bool = True):  # fmt: skip
         self.base = base
         self.dims = dims
         self.text_shrinkage = text_shrinkage
+        self.soft = soft
 
     def fit(self, votes, segment_of_user: np.ndarray, item_x: np.ndarray,
             folds: np.ndarray) -> SegmentVoteModel:  # fmt: skip
@@ -240,7 +252,38 @@ class SegmentVoteModel:
         self.lam_ = cv_pick(SHRINK_GRID, cells, votes, folds, cell, n_seg * n_items)
         pos, neg = counts(cell, votes.y, n_seg * n_items)
         self.cell_ = item_intercepts(zc, pos, neg, self.lam_).reshape(n_seg, n_items)
+        self.posterior_ = self.segment_posterior(votes) if self.soft else None
         return self
+
+    def _all_segments(self, item: np.ndarray) -> np.ndarray:
+        """(n_seg, len(item)) log-odds of the item under each segment."""
+        z = self.base.logit(np.zeros(len(item), dtype=np.int64), item)
+        return z[None, :] + self.text_ @ self.basis_[item].T + self.cell_[:, item]
+
+    def segment_posterior(self, votes) -> np.ndarray:
+        """(n_users, n_seg) posterior over segments from each user's ``votes``: prior = the
+        segments' shares of the assigned users (+1 each), likelihood = the segment level's
+        vote probabilities. A user with 1-2 votes stays near the prior (a mixture of the
+        segments); one with many votes is placed as sharply as their votes allow."""
+        n_seg = len(self.segments_)
+        prior = np.bincount(self._seg(np.flatnonzero(self.segment_of_user_ >= 0)),
+                            minlength=n_seg) + 1.0  # fmt: skip
+        loglik = np.zeros((votes.n_users, n_seg))
+        z = self._all_segments(votes.item)  # (n_seg, n)
+        for s in range(n_seg):
+            loglik[:, s] = np.bincount(votes.user, weights=-softplus(-votes.y * z[s]),
+                                       minlength=votes.n_users)  # fmt: skip
+        logpost = loglik + np.log(prior / prior.sum())
+        logpost -= logpost.max(1, keepdims=True)
+        post = np.exp(logpost)
+        return post / post.sum(1, keepdims=True)
+
+    def place(self, votes, users: np.ndarray) -> None:
+        """Recompute ``users``' posteriors over segments from their ``votes`` alone (new
+        users placed from a few shots; the segments stay as fitted)."""
+        if self.posterior_ is not None:
+            v = votes.subset(np.isin(votes.user, users))
+            self.posterior_[users] = self.segment_posterior(v)[users]
 
     def params(self) -> dict:
         return {"segments": len(self.segments_), "cell_shrinkage": self.lam_,
@@ -259,8 +302,50 @@ class SegmentVoteModel:
         return z + np.where(known, dev, 0.0)
 
     def logit(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        if self.posterior_ is not None:  # the mixture over segments, as a log-odds
+            return prob_logit(np.einsum("sn,ns->n", sigmoid(self._all_segments(item)),
+                                        self.posterior_[user]))  # fmt: skip
         known = self.segment_of_user_[user] >= 0
         return self._with_text(user, item) + np.where(known, self.cell_[self._seg(user), item], 0)
+
+
+def mixture_weights(probs: np.ndarray, iters: int = 200) -> np.ndarray:
+    """Simplex weights ``w`` maximising ``Σ_n log Σ_k w_k probs[k, n]`` (EM; ``probs``: each
+    candidate's probability of the observed vote on held-out votes): Bayesian stacking of
+    predictive distributions (Yao et al. 2018)."""
+    k = len(probs)
+    w = np.full(k, 1.0 / k)
+    for _ in range(iters):
+        r = w[:, None] * probs
+        r /= r.sum(0, keepdims=True)
+        new = r.mean(1)
+        if np.abs(new - w).max() < 1e-6:
+            return new
+        w = new
+    return w
+
+
+class SegmentMixture:
+    """A probability mixture of segment levels (one per candidate segmentation), weights from
+    ``mixture_weights`` on validation votes; ``main`` (the largest weight) names the segments
+    in reports."""
+
+    def __init__(self, models: list, weights):
+        self.models = models
+        self.weights = np.asarray(weights, dtype=float) / np.sum(weights)
+        self.main = models[int(np.argmax(self.weights))]
+        self.segment_of_user_ = self.main.segment_of_user_
+
+    def params(self) -> dict:
+        return self.main.params()
+
+    def place(self, votes, users: np.ndarray) -> None:
+        for model in self.models:
+            model.place(votes, users)
+
+    def logit(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        return prob_logit(sum(w * sigmoid(m.logit(user, item))
+                              for w, m in zip(self.weights, self.models, strict=True)))  # fmt: skip
 
 
 class UserFactorModel:
@@ -346,8 +431,11 @@ class UserFactorModel:
         return out
 
     def place(self, votes, users: np.ndarray) -> None:
-        """(Re)fit ``users``' intercepts and weights from their ``votes`` alone, the item basis
-        fixed: new users placed from a few shots (all other users keep theirs)."""
+        """(Re)fit ``users``' segment posterior, intercepts and weights from their ``votes``
+        alone, the item basis fixed: new users placed from a few shots (all other users keep
+        theirs)."""
+        if hasattr(self.base, "place"):  # their segment posterior first, then b_u, p_u on it
+            self.base.place(votes, users)
         v = votes.subset(np.isin(votes.user, users))
         theta = self._users(v, self.base.logit(v.user, v.item), self.shrinkage_)
         self.theta_[users] = theta[users]
