@@ -9,6 +9,10 @@ Prints progress, then one final JSON line. Parts (``--parts``, default all):
   process: ``scale_peak_rss_mb`` (the child's peak RSS), ``scale_wall_s``, and per level and
   baseline ``acc_vote`` / ``acc_pair`` with 95% CIs resampling users;
 * ``polis`` — the same report on the shared Polis conversations (item and user splits);
+  ``--polis-split-seeds 11,12,…`` adds ``polis.repeated``: per split, each acceptance
+  difference (global − ridge, segment − PCA clusters, user − kNN) averaged over that many
+  other random splits, with a 95% interval of the mean (one Polis test split holds 285–1,200
+  votes, so one split's difference moves by a point or two with the draw);
 * ``sim`` / ``best_of_n`` — the simulated levels with their Bayes ceilings, and best-of-n
   serving by the user-level reward (issue 9).
 
@@ -26,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 POLIS = Path(os.environ.get("RLHF_PERSONA_POLIS", "/work/shared/data/polis"))
@@ -131,12 +137,14 @@ def scale(sizes: list[int], users: int, items: int, tmp: Path) -> dict:
     return out
 
 
-def polis(tmp: Path, splits=("item", "user")) -> dict:
+def polis(tmp: Path, splits=("item", "user"), split_seeds=()) -> dict:
+    """Seed 0's full report per conversation and split; with ``split_seeds`` also the
+    acceptance differences averaged over those other random splits (``repeated``)."""
     from rlhf_persona.feedback import FeedbackStore
     from rlhf_persona.feedback.importers import import_polis
     from rlhf_persona.reward.personal_eval import store_levels
 
-    out = {}
+    out, repeated = {}, {}
     for conv in ("brexit-consensus", "15-per-hour-seattle"):
         store = FeedbackStore(tmp / f"{conv}.db")
         import_polis(store, POLIS / conv)
@@ -144,6 +152,32 @@ def polis(tmp: Path, splits=("item", "user")) -> dict:
             rep = store_levels(store, split=split, options=("behaviour",))
             out[f"{conv}/{split}"] = compact(rep)
             print(f"{conv} {split} done", flush=True)
+            if split_seeds:
+                reps = [store_levels(store, split=split, options=("behaviour",), seed=s,
+                                     n_boot=10) for s in split_seeds]  # fmt: skip
+                repeated[f"{conv}/{split}"] = across_splits(reps, split_seeds)
+                print(f"{conv} {split}: {len(split_seeds)} more splits done", flush=True)
+    return out | ({"repeated": repeated} if repeated else {})
+
+
+COMPARISONS = (("global", "ridge"), ("segment", "pca_clusters"), ("user", "knn_users"))
+
+
+def across_splits(reports: list[dict], seeds) -> dict:
+    """Per acceptance comparison and metric: the mean difference in points over the splits, a
+    95% interval of that mean (t over splits) and how many splits the level won or tied."""
+    from scipy import stats
+
+    out: dict = {"split_seeds": list(seeds)}
+    for a, b in COMPARISONS:
+        for metric in ("acc_vote", "acc_pair"):
+            d = np.array([100 * (r["levels"][metric][a]["acc"] - r["levels"][metric][b]["acc"])
+                          for r in reports])  # fmt: skip
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            out[f"{a}-{b}/{metric}"] = {"mean": round(float(d.mean()), 2),
+                                        "ci95": [round(float(d.mean() - half), 2),
+                                                 round(float(d.mean() + half), 2)],
+                                        "won_or_tied": int((d >= 0).sum())}  # fmt: skip
     return out
 
 
@@ -181,6 +215,12 @@ def main() -> None:
     ap.add_argument("--labels", type=int, default=40)
     ap.add_argument("--shrinkage", type=float, default=5.0)
     ap.add_argument("--policy", default="embedded:tiny-test")
+    ap.add_argument(
+        "--polis-split-seeds",
+        default="",
+        help="comma-separated: repeat each Polis split with these seeds and report "
+        "the mean acceptance differences over them (seed 0 is the full report)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--split", default="item", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -197,7 +237,8 @@ def main() -> None:
             out["scale_peak_rss_mb"], out["scale_wall_s"] = (first["scale_peak_rss_mb"],
                                                              first["scale_wall_s"])  # fmt: skip
         if "polis" in parts:
-            out["polis"] = polis(Path(tmp))
+            seeds = [int(v) for v in args.polis_split_seeds.split(",") if v]
+            out["polis"] = polis(Path(tmp), split_seeds=seeds)
         if "sim" in parts:
             out |= sim_and_best_of_n(args, Path(tmp))
     out["wall_s"] = round(time.perf_counter() - t0, 1)
