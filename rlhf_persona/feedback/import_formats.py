@@ -70,14 +70,18 @@ def _dataset_rows(path: Path) -> Iterator[dict]:
 
     from rlhf_persona.feedback.export_files import quiet_datasets
 
+    # datasets keys its cache of a local folder by the folder's name and file names, not its
+    # path or contents: a second folder called "pref" would read back the first one's rows.
+    fresh = datasets.DownloadMode.FORCE_REDOWNLOAD
     try:
         with quiet_datasets():
             if path.is_dir() and (path / "state.json").is_file():
                 loaded = datasets.load_from_disk(str(path))
             elif path.is_dir():
-                loaded = datasets.load_dataset(str(path))
+                loaded = datasets.load_dataset(str(path), download_mode=fresh)
             elif path.suffix in (".parquet", ".csv"):
-                loaded = datasets.load_dataset(path.suffix[1:], data_files=str(path))
+                loaded = datasets.load_dataset(path.suffix[1:], data_files=str(path),
+                                               download_mode=fresh)  # fmt: skip
             else:
                 raise UserError(f"{path}: expected .jsonl, .json, .parquet, .csv or a folder")
     except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:

@@ -72,6 +72,23 @@ def test_exports_reimport_round_trip(source, tmp_path):
         assert cross.bad_rows == [] and cross.events["created"] == 2
 
 
+def test_two_folders_of_the_same_name_import_their_own_rows(tmp_path):
+    """datasets caches a local folder whose card names its files (as `export` writes it) under
+    the folder's name: without a fresh build the second "export" folder would import the first
+    one's rows."""
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n" \
+           "    path: train.jsonl\n---\n"  # fmt: skip
+    for run, reply in (("a", "Oatmeal."), ("b", "Toast.")):
+        folder = tmp_path / run / "export"
+        folder.mkdir(parents=True)
+        row = {"prompt": P, "completion": reply, "label": True, "user_id": "u1"}
+        (folder / "train.jsonl").write_text(json.dumps(row) + "\n")
+        (folder / "README.md").write_text(card)
+        with FeedbackStore(tmp_path / f"{run}.db", hash_key=HASH_KEY) as store:
+            import_records(store, folder, "trl")
+            assert [e["reply"] for e in store.events()] == [reply]
+
+
 def test_trl_conversational_and_implicit_prompt(sqlite_store, tmp_path):
     rows = [
         {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
