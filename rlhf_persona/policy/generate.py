@@ -236,29 +236,23 @@ class PolicyGenerator:
     def _generate_batch(self, backend, texts, max_new_tokens, temperature, top_p) -> list[str]:
         tok = backend.tokenizer
         enc = _encode_left_padded(tok, texts, self.device)
+        stops = _stop_ids(backend)
         if self.device == "cpu" and shrinking_applies(backend.model.generation_config):
-            new_ids = sample_shrinking(
-                backend.model,
-                enc["input_ids"],
-                enc["attention_mask"],
-                max_new_tokens,
-                temperature,
-                top_p,
-                _stop_ids(backend),
+            new = sample_shrinking(backend.model, enc["input_ids"], enc["attention_mask"],
+                                   max_new_tokens, temperature, top_p, stops)  # fmt: skip
+        else:
+            sample = temperature > 0
+            out = backend.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=top_p if sample else None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=stops,
             )
-            return [clean_reply(t) for t in tok.batch_decode(new_ids, skip_special_tokens=True)]
-        sample = temperature > 0
-        out = backend.model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=top_p if sample else None,
-            top_k=None,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=_stop_ids(backend),
-        )
-        new = out[:, enc["input_ids"].shape[1] :]
+            new = out[:, enc["input_ids"].shape[1] :]
         return [clean_reply(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
 
     @torch.inference_mode()
