@@ -94,7 +94,7 @@ def test_the_shipped_configs_use_sections_and_the_old_flat_keys_still_load():
             kto_loss="apo_zero_unpaired",
             sft_weight=1.0,
             reference="base",
-            batch_size=16,
+            batch_size=24,
             beta=0.3,
             learning_rate=1e-3,
         )
