@@ -10,7 +10,9 @@ reward-hacking alarm) and its pairwise accuracy beside the Bayes ceiling.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -325,6 +327,18 @@ def best_of_n_thumbs(users: Users, items: EvalItems, generator, reward, ns=(1, 4
             "p50_latency_s": float(np.median(latency)),
         }
     return out
+
+
+def run_round_records(run_dir, rounds: int) -> tuple[list[dict], dict[str, float]]:
+    """A finished run's ``round_<r>/round.json`` records and its stage times (stage → seconds,
+    summed over the rounds), as the benchmarks report them."""
+    records = [json.loads((Path(run_dir) / f"round_{r}" / "round.json").read_text())
+               for r in range(rounds)]  # fmt: skip
+    stage_s: dict[str, float] = {}
+    for rec in records:
+        for stage, secs in rec["stage_s"].items():
+            stage_s[stage] = round(stage_s.get(stage, 0.0) + secs, 2)
+    return records, stage_s
 
 
 def acceptance_checks(record: dict, population, min_gain: float = 0.15,

@@ -28,7 +28,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def run_seed(config: str, overrides: list[str], seed: int) -> dict:
     from rlhf_persona.config import load_config
-    from rlhf_persona.evaluation import acceptance_checks, drift_recovery
+    from rlhf_persona.evaluation import acceptance_checks, drift_recovery, run_round_records
     from rlhf_persona.loop import run_loop
     from rlhf_persona.models import resolve_model_path
     from rlhf_persona.simulation import load_population
@@ -40,14 +40,7 @@ def run_seed(config: str, overrides: list[str], seed: int) -> dict:
     run_loop(cfg)
     wall = time.perf_counter() - start
 
-    rounds = [
-        json.loads((cfg.run_dir / f"round_{r}" / "round.json").read_text())
-        for r in range(cfg.loop.rounds)
-    ]
-    stage_total: dict[str, float] = {}
-    for rec in rounds:
-        for stage, secs in rec["stage_s"].items():
-            stage_total[stage] = round(stage_total.get(stage, 0.0) + secs, 1)
+    rounds, stage_total = run_round_records(cfg.run_dir, cfg.loop.rounds)
     last = rounds[-1]["eval"]
     population = load_population(cfg.population.name)
     accepted = acceptance_checks(last, population)

@@ -126,7 +126,7 @@ def main() -> int:
         print(json.dumps({"error": "no CUDA device; use --dry-run to check the path on CPU"}))
         return 2
     from rlhf_persona.config import load_config
-    from rlhf_persona.evaluation import acceptance_checks
+    from rlhf_persona.evaluation import acceptance_checks, run_round_records
     from rlhf_persona.loop import run_loop
     from rlhf_persona.models import resolve_model_path
     from rlhf_persona.simulation import load_population
@@ -148,12 +148,7 @@ def main() -> int:
     start = time.perf_counter()
     run_loop(cfg)
     wall = time.perf_counter() - start
-    rounds = [json.loads((cfg.run_dir / f"round_{r}" / "round.json").read_text())
-              for r in range(cfg.loop.rounds)]  # fmt: skip
-    stage_s: dict[str, float] = {}
-    for rec in rounds:
-        for stage, secs in rec["stage_s"].items():
-            stage_s[stage] = round(stage_s.get(stage, 0.0) + secs, 2)
+    rounds, stage_s = run_round_records(cfg.run_dir, cfg.loop.rounds)
     out = {
         "device": torch.cuda.get_device_name(0) if cfg.models.device == "cuda" else "cpu",
         "model": cfg.models.policy,
