@@ -518,8 +518,13 @@ def _ppo_run(data, tmp_path, **cfg):
 
 def test_ppo_learns_a_planted_preference_with_its_value_head(data, tmp_path):
     """Reward rises and the value head learns the returns; β holds the policy near the base
-    (measured: lr 3e-3, the last steps' KL ~3 nats with β = 1 against ~40 with β = 0)."""
-    fast = _ppo_run(data, tmp_path / "fast", beta=0.0).state.log_history
+    (measured: lr 3e-3, the last steps' KL ~3 nats with β = 1 against ~40 with β = 0).
+
+    The tiny model's weights differ by machine (float kernels), so the figures are chosen to
+    hold over run seeds 0-4 here: at lr 1e-2 reward gains 1.2-2.4 (asked > 0.5); the value
+    loss is noisy as the policy moves (one step may exceed the first), its median over steps
+    3-12 stays below half the first (at lr 5e-3 seed 0 gained only 0.24 on one machine)."""
+    fast = _ppo_run(data, tmp_path / "fast", beta=0.0, learning_rate=1e-2).state.log_history
     free = _ppo_run(data, tmp_path / "free", beta=0.0, learning_rate=3e-3).state.log_history
     held = _ppo_run(data, tmp_path / "held", beta=1.0, learning_rate=3e-3).state.log_history
 
@@ -528,7 +533,7 @@ def test_ppo_learns_a_planted_preference_with_its_value_head(data, tmp_path):
 
     assert len(fast) == 12 and fast[0]["kl"] == pytest.approx(0.0, abs=1e-4)
     assert mean(fast[-3:], "reward") > mean(fast[:3], "reward") + 0.5
-    assert mean(fast[-4:], "value_loss") < 0.5 * fast[0]["value_loss"]
+    assert np.median([r["value_loss"] for r in fast[2:]]) < 0.5 * fast[0]["value_loss"]
     assert mean(held[-4:], "kl") < 0.3 * mean(free[-4:], "kl")
     assert all(np.isfinite(r["loss"]) for r in fast + free + held)
 
