@@ -329,13 +329,18 @@ def test_generated_replies_are_cleaned_of_nul_characters():
     assert clean_reply("  Sure\x00, here\x00 it is \n") == "Sure, here it is"
 
 
-def _left_padded_prompts(tokenizer, n: int) -> dict:
-    from rlhf_persona.policy.common import pad_left, render_prompt
+def _prompt_ids(tokenizer, n: int) -> list[list[int]]:
+    from rlhf_persona.policy.common import render_prompt
 
     texts = [render_prompt(tokenizer, PROMPTS[i % len(PROMPTS)] * (1 + i % 3), None)
              for i in range(n)]  # fmt: skip
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    return pad_left(ids, tokenizer.pad_token_id, "cpu")
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def _left_padded_prompts(tokenizer, n: int) -> dict:
+    from rlhf_persona.policy.common import pad_left
+
+    return pad_left(_prompt_ids(tokenizer, n), tokenizer.pad_token_id, "cpu")
 
 
 def _rows_ending_at_different_steps(model, tok, stops: list[int]) -> tuple[dict, list[int]]:
@@ -352,10 +357,8 @@ def _rows_ending_at_different_steps(model, tok, stops: list[int]) -> tuple[dict,
     replies = out[:, enc["input_ids"].shape[1] :].tolist()
     extra = next(t for p, t in enumerate(replies[0]) if p >= 4 and replies[0].index(t) == p
                  and t not in (*stops, tok.pad_token_id))  # fmt: skip
-    prompts = [[t for t, m in zip(ids, mask, strict=True) if m] + reply[: i % 4]
-               for i, (ids, mask, reply) in enumerate(zip(enc["input_ids"].tolist(),
-                                                          enc["attention_mask"].tolist(),
-                                                          replies, strict=True))]  # fmt: skip
+    own = zip(_prompt_ids(tok, 12), replies, strict=True)
+    prompts = [ids + reply[: i % 4] for i, (ids, reply) in enumerate(own)]
     return pad_left(prompts, tok.pad_token_id, "cpu"), [*stops, extra]
 
 
