@@ -62,13 +62,34 @@ def test_levels_beat_baselines_on_planted_low_rank_votes(synthetic_report):
     assert lv["acc_pair"]["user_intercept"]["acc"] == lv["acc_pair"]["global"]["acc"]
     assert lv["diffs"]["user-global"]["acc_vote"]["ci"][0] > 0
     assert synthetic_report["behaviour"]["mode"] == "items"
-    # Stacked on validation votes: the own model's logit keeps a positive weight next to kNN/PCA.
+    # Stacked on validation votes: mixture weights over [own level, kNN, PCA] / [own level, PCA],
+    # the own level carrying most of the weight on planted low-rank votes.
     stack = lv["params"]["stack"]
-    assert len(stack["user"]) == 4 and stack["user"][1] > 0 and stack["segment"][1] > 0
+    assert len(stack["user"]) == 3 and len(stack["segment"]) == 2
+    for weights in stack.values():
+        assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) >= 0
+        assert weights[0] > 0.5
     # The segment level mixes the segmentations (k) by weights stacked on validation votes.
     seg_params = lv["params"]["segment"]
     assert sum(seg_params["mixture_weights"].values()) == pytest.approx(1.0, abs=1e-3)
     assert set(seg_params["mixture_weights"]) <= set(seg_params["val_loss_by_k"])
+
+
+def test_stack_weights_a_mixture_by_held_out_votes():
+    from rlhf_persona.reward.vote_eval import stack_apply, stack_fit, stack_inputs
+
+    rng = np.random.default_rng(0)
+    y = rng.choice([-1.0, 1.0], 400)
+    good = 2.0 * y + rng.normal(0, 1, 400)  # a level's logit that knows the votes
+    noise = rng.uniform(-1, 1, 400)  # a baseline's mean vote that does not
+    weights = stack_fit(stack_inputs(good, noise), y)
+    assert weights.sum() == pytest.approx(1.0) and weights.min() >= 0 and weights[0] > 0.9
+    stacked = stack_apply(weights, stack_inputs(good, noise))
+    assert (np.sign(stacked) == y).mean() > 0.9
+    # An anti-correlated baseline gets no negative weight: it is simply left out.
+    assert stack_fit(stack_inputs(good, -y * 0.9), y)[1] < 0.01
+    # Too few validation votes: the level alone.
+    assert stack_fit(stack_inputs(good[:20], noise[:20]), y[:20]).tolist() == [1.0, 0.0]
 
 
 def test_new_users_placed_from_few_shots():

@@ -9,12 +9,12 @@ behaviour / both) a segment and a user level (``vote_models``); the baselines
 segment − pca_clusters, user − knn_users, plus segment − global, user − segment, user − global.
 The segment level is a mixture over candidate segmentations (k = 2..8), weights stacked on
 validation votes (``fit_segment_level``). The reported segment and user levels are stacked with
-their rivals' scores (a logistic over [segment logit, PCA-cluster score] and [user logit, kNN
-score, PCA-cluster score]) fitted on validation votes that every model was refit without
-(``held_features``, ``stack_fit``). On the ``user`` split the validation votes of both (the
-mixture weights, the stack) are drawn the way the test split is (``validation_like``: held-out
-users keeping half their votes), so the weights learn how reliable each model is for users
-placed from a few votes.
+their rivals' scores: a mixture of the probabilities that [segment level, PCA clusters] and
+[user level, kNN users, PCA clusters] give a vote, weights by Bayesian stacking on validation
+votes that every model was refit without (``held_features``, ``stack_fit``). On the ``user``
+split the validation votes of both (the mixture weights, the stack) are drawn the way the test
+split is (``validation_like``: held-out users keeping half their votes), so the weights learn
+how reliable each model is for users placed from a few votes.
 
 The segmentation's behaviour mode ``auto`` picks ``items`` (each user's vote per item, Polis's
 own approach) when items are shared — the median item has ``ITEMS_MIN_VOTERS`` voters or more —
@@ -37,8 +37,9 @@ from rlhf_persona.reward.vote_models import (
     SegmentMixture,
     SegmentVoteModel,
     UserFactorModel,
-    fit_groups,
     mixture_weights,
+    prob_logit,
+    sigmoid,
     softplus,
     validation_mask,
     vote_folds,
@@ -182,18 +183,26 @@ def _pick_knn(train: VoteData, prior: np.ndarray, seed: int) -> int:
     return max(acc, key=lambda k: (acc[k], -k))
 
 
-def stack_fit(features: list[np.ndarray], y: np.ndarray, lam: float = 1.0) -> np.ndarray:
-    """Weights of a logistic over ``[1, *features]`` (MAP, weak N(0, 1/λ) prior), fitted on
-    validation votes the features' models never saw; too few votes → the first feature alone."""
+def stack_inputs(level_logit: np.ndarray, *baseline_scores: np.ndarray) -> list[np.ndarray]:
+    """Each input as the probability it gives the vote "agree": the level's logit through the
+    sigmoid, a baseline's mean vote ``s`` in [−1, 1] as ``(1 + s) / 2`` (kept off 0 and 1)."""
+    return [sigmoid(level_logit)] + [np.clip((1 + s) / 2, 0.01, 0.99) for s in baseline_scores]
+
+
+def stack_fit(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Simplex weights of the mixture ``Σ_k w_k probs[k]`` that best predicts validation votes
+    the inputs' models never saw (Bayesian stacking, as for the segmentations' mixture); too few
+    votes → the first input alone. A convex mixture has no intercept and cannot put a negative
+    weight on a model: on a few hundred validation votes a free logistic over the inputs
+    (tried before) fitted noise, e.g. an "agree" push or a negative kNN weight."""
     if len(y) < 50 or len(np.unique(y)) < 2:
-        return np.r_[0.0, 1.0, np.zeros(len(features) - 1)]
-    x = np.column_stack([np.ones(len(y)), *features])
-    zero = np.zeros(len(y), dtype=np.int64)
-    return fit_groups(zero, x, y, np.zeros(len(y)), lam, 1, iters=30)[0]
+        return np.r_[1.0, np.zeros(len(probs) - 1)]
+    return mixture_weights(np.array([np.where(y > 0, p, 1 - p) for p in probs]))
 
 
-def stack_apply(weights: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
-    return weights[0] + sum(w * f for w, f in zip(weights[1:], features, strict=True))
+def stack_apply(weights: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
+    """The stacked mixture's log-odds."""
+    return prob_logit(sum(w * p for w, p in zip(weights, probs, strict=True)))
 
 
 def held_features(train, segs: dict, item_x, folds, user_params: dict, k_knn: int, seed: int,
@@ -271,12 +280,14 @@ def evaluate_votes(votes: VoteData, item_x: np.ndarray, *, split: str = "item",
         user = UserFactorModel(segment, rank=rank, seed=seed).fit(train, item_x)
         held, feats = held_features(train, segs, item_x, folds, user.params(),
                                     base_params["knn_k"], seed, split)  # fmt: skip
-        w_seg = stack_fit([feats["segment"], feats["pca_clusters"]], held.y)
-        w_user = stack_fit([feats["user"], feats["knn_users"], feats["pca_clusters"]], held.y)
+        w_seg = stack_fit(stack_inputs(feats["segment"], feats["pca_clusters"]), held.y)
+        w_user = stack_fit(stack_inputs(feats["user"], feats["knn_users"], feats["pca_clusters"]),
+                           held.y)  # fmt: skip
         pca, knn = base_scores["pca_clusters"], base_scores["knn_users"]
+        seg_in = stack_inputs(segment.logit(test.user, test.item), pca)
+        user_in = stack_inputs(user.logit(test.user, test.item), knn, pca)
         scores = {"global": glob.logit(test.user, test.item),
-                  "segment": stack_apply(w_seg, [segment.logit(test.user, test.item), pca]),
-                  "user": stack_apply(w_user, [user.logit(test.user, test.item), knn, pca]),
+                  "segment": stack_apply(w_seg, seg_in), "user": stack_apply(w_user, user_in),
                   } | base_scores  # fmt: skip
         stats = {m: per_user(test.user, test.y, s, votes.n_users) for m, s in scores.items()}
         accs, diffs, warnings = summarise(stats, COMPARISONS, n_boot, seed)
