@@ -9,10 +9,12 @@ Prints progress, then one final JSON line. Parts (``--parts``, default all):
   process: ``scale_peak_rss_mb`` (the child's peak RSS), ``scale_wall_s``, and per level and
   baseline ``acc_vote`` / ``acc_pair`` with 95% CIs resampling users;
 * ``polis`` — the same report on the shared Polis conversations (item and user splits);
-  ``--polis-split-seeds 11,12,…`` adds ``polis.repeated``: per split, each acceptance
-  difference (global − ridge, segment − PCA clusters, user − kNN) averaged over that many
-  other random splits, with a 95% interval of the mean (one Polis test split holds 285–1,200
-  votes, so one split's difference moves by a point or two with the draw);
+  ``polis.repeated`` (``--polis-split-seeds``, default 11–30; empty to skip): per split, each
+  acceptance difference (global − ridge, segment − PCA clusters, user − kNN) averaged over
+  that many other random splits, with a 95% interval of the mean (one Polis test split holds
+  285–1,200 votes, so one split's difference moves by a point or two with the draw), and
+  ``polis.acceptance``: per split and difference, seed 0's figure, the mean over the splits
+  and whether that mean meets the bar (≥ 0; global ≥ ridge − 0.5 points);
 * ``sim`` / ``best_of_n`` — the simulated levels with their Bayes ceilings, and best-of-n
   serving by the user-level reward (issue 9).
 
@@ -157,10 +159,27 @@ def polis(tmp: Path, splits=("item", "user"), split_seeds=()) -> dict:
                                      n_boot=10) for s in split_seeds]  # fmt: skip
                 repeated[f"{conv}/{split}"] = across_splits(reps, split_seeds)
                 print(f"{conv} {split}: {len(split_seeds)} more splits done", flush=True)
-    return out | ({"repeated": repeated} if repeated else {})
+    if not repeated:
+        return out
+    return out | {"repeated": repeated, "acceptance": acceptance(out, repeated)}
 
 
 COMPARISONS = (("global", "ridge"), ("segment", "pca_clusters"), ("user", "knn_users"))
+
+
+def acceptance(seed0: dict, repeated: dict) -> dict:
+    """Per split and acceptance difference (points, acc_vote / acc_pair): seed 0's figure, the
+    mean over the repeated splits, and whether that mean meets the bar."""
+    out = {}
+    for key, rep in repeated.items():
+        for a, b in COMPARISONS:
+            bar = -0.5 if a == "global" else 0.0
+            for metric in ("acc_vote", "acc_pair"):
+                mean = rep[f"{a}-{b}/{metric}"]["mean"]
+                first = 100 * seed0[key]["diffs"][f"{a}-{b}"][metric]["diff"]
+                out[f"{key}/{a}-{b}/{metric}"] = {"seed0": round(first, 2), "mean": mean,
+                                                  "meets": bool(mean >= bar)}  # fmt: skip
+    return out
 
 
 def across_splits(reports: list[dict], seeds) -> dict:
@@ -217,9 +236,9 @@ def main() -> None:
     ap.add_argument("--policy", default="embedded:tiny-test")
     ap.add_argument(
         "--polis-split-seeds",
-        default="",
+        default=",".join(str(s) for s in range(11, 31)),
         help="comma-separated: repeat each Polis split with these seeds and report "
-        "the mean acceptance differences over them (seed 0 is the full report)",
+        "the mean acceptance differences over them (seed 0 is the full report; '' skips)",
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--split", default="item", help=argparse.SUPPRESS)
