@@ -350,14 +350,15 @@ def _rows_ending_at_different_steps(model, tok, stops: list[int]) -> tuple[dict,
     the first reply (not among its first four) becomes a stop too."""
     from rlhf_persona.policy.common import pad_left
 
-    enc = _left_padded_prompts(tok, 12)
+    ids = _prompt_ids(tok, 12)
+    enc = pad_left(ids, tok.pad_token_id, "cpu")
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=24, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=stops)  # fmt: skip
     replies = out[:, enc["input_ids"].shape[1] :].tolist()
     extra = next(t for p, t in enumerate(replies[0]) if p >= 4 and replies[0].index(t) == p
                  and t not in (*stops, tok.pad_token_id))  # fmt: skip
-    own = zip(_prompt_ids(tok, 12), replies, strict=True)
+    own = zip(ids, replies, strict=True)
     prompts = [ids + reply[: i % 4] for i, (ids, reply) in enumerate(own)]
     return pad_left(prompts, tok.pad_token_id, "cpu"), [*stops, extra]
 
